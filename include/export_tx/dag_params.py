@@ -1,0 +1,54 @@
+"""The DAG's Params: the run conf contract of the design doc, with titles for the UI form."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from export_tx import registry, settings
+
+
+def build_params() -> dict[str, Any]:
+    """Airflow Params (JSON-schema validated at trigger time). Reads only the registry's names."""
+    from airflow.sdk import Param
+
+    names = registry.names()
+    return {
+        "definition": Param(
+            names[0] if names else None,
+            type="string",
+            enum=names,
+            title="Export definition",
+            description="Which registered export to run. Each definition names its source, query and limits.",
+        ),
+        "params": Param(
+            {},
+            type="object",
+            title="Definition parameters",
+            description=(
+                "The definition's own parameters as a JSON object, e.g. "
+                '{"since": "2025-06-01", "status": "shipped"}. Unknown parameters are refused.'
+            ),
+        ),
+        "batch_size": Param(
+            settings.BATCH_SIZE_DEFAULT,
+            type="integer",
+            minimum=settings.BATCH_SIZE_MIN,
+            maximum=settings.BATCH_SIZE_MAX,
+            title="Rows per batch",
+            description="Rows per parallel batch task (grown automatically if the plan would have too many).",
+        ),
+        "notify_email": Param(
+            None,
+            type=["null", "string"],
+            title="Notify e-mail",
+            description="Optional address to e-mail when the file is ready (not sent if already downloaded).",
+        ),
+        "notify_delay_minutes": Param(
+            settings.NOTIFY_DELAY_DEFAULT,
+            type="integer",
+            minimum=0,
+            maximum=settings.NOTIFY_DELAY_MAX,
+            title="E-mail delay (minutes)",
+            description="How long to wait after the file is ready before e-mailing.",
+        ),
+    }

@@ -1,0 +1,1 @@
+"""Registered export definitions: one module per definition, each setting ``DEFINITION``."""

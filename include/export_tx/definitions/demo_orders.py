@@ -1,0 +1,72 @@
+"""The demo export: orders from the embedded SQLite database that ``make demo`` generates."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from export_tx.definition import ExportDefinition
+from export_tx.demo import ORDER_STATUSES
+from export_tx.sources import SqliteSource
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+
+def _schema() -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("order_id", pa.int64()),
+            ("customer_id", pa.int64()),
+            ("customer_email", pa.string()),
+            ("status", pa.string()),
+            ("amount", pa.float64()),
+            ("currency", pa.string()),
+            ("quantity", pa.int64()),
+            ("product_sku", pa.string()),
+            ("country", pa.string()),
+            ("created_at", pa.timestamp("us")),
+            ("updated_at", pa.timestamp("us")),
+            ("note", pa.string()),
+        ]
+    )
+
+
+DEFINITION = ExportDefinition(
+    name="demo_orders",
+    description="Orders of the demo shop (embedded SQLite), optionally by creation date and status.",
+    source=SqliteSource(),
+    sql="""
+        SELECT order_id, customer_id, customer_email, status, amount, currency, quantity,
+               product_sku, country, created_at, updated_at, note
+        FROM demo_orders
+        WHERE (:since IS NULL OR created_at >= :since)
+          AND (:until IS NULL OR created_at < date(:until, '+1 day'))
+          AND (:status IS NULL OR status = :status)
+    """,
+    key_column="order_id",
+    params={
+        "since": {
+            "type": "string",
+            "format": "date",
+            "title": "Created on or after",
+            "description": "First creation date included (YYYY-MM-DD).",
+        },
+        "until": {
+            "type": "string",
+            "format": "date",
+            "title": "Created on or before",
+            "description": "Last creation date included (YYYY-MM-DD).",
+        },
+        "status": {
+            "type": "string",
+            "enum": list(ORDER_STATUSES),
+            "title": "Order status",
+            "description": "Only orders in this status.",
+        },
+    },
+    max_rows=20_000_000,
+    retention_days=7,
+    schema=_schema,
+)

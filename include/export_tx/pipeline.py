@@ -1,0 +1,253 @@
+"""The steps of one export transaction, as plain functions the DAG's tasks call.
+
+begin → plan → export each batch (mapped) → merge → (notify). Each step is safe to run
+twice: the header moves by compare-and-set, the plan is stored once, parts have fixed names,
+batch rows are recorded idempotently, and the result is published by an atomic rename only
+after its row count matched the batches'.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from export_tx import registry, storage
+from export_tx.errors import ExportError, IntegrityError, RequestInvalid
+from export_tx.parquet_io import copy_row_groups, output_schema, processed, schema_description, write_parquet
+from export_tx.planning import batch_sql, plan_export
+from export_tx.request import ExportRequest, parse_request
+from export_tx.settings import BATCH_SIZE_DEFAULT, DAG_ID, NOTIFY_DELAY_DEFAULT, get_settings
+from export_tx.sources import stream
+from export_tx.states import State
+from export_tx.store import Header, HeaderStore, utcnow
+
+log = logging.getLogger(__name__)
+
+
+def _raw_header_fields(conf: dict[str, Any]) -> dict[str, Any]:
+    """Best-effort header fields from an invalid conf, so the refusal is recorded somewhere."""
+    batch_size = conf.get("batch_size")
+    delay = conf.get("notify_delay_minutes")
+    return {
+        "definition": str(conf.get("definition"))[:100],
+        "params": conf.get("params") if isinstance(conf.get("params"), dict) else {},
+        "batch_size": batch_size if isinstance(batch_size, int) and not isinstance(batch_size, bool)
+        else BATCH_SIZE_DEFAULT,
+        "notify_email": None,
+        "notify_delay_minutes": delay if isinstance(delay, int) and not isinstance(delay, bool)
+        else NOTIFY_DELAY_DEFAULT,
+    }
+
+
+def begin(store: HeaderStore, tx_id: str, conf: dict[str, Any], requested_by: str, dag_id: str = DAG_ID) -> Header:
+    """Validate the request and move the header to RUNNING, creating it if no API did.
+
+    An invalid request leaves a FAILED header naming each bad field, and raises
+    :class:`RequestInvalid` (the caller must not retry it).
+    """
+    try:
+        request: ExportRequest | None = parse_request(conf)
+    except RequestInvalid as exc:
+        request, invalid = None, exc
+    if request is not None:
+        fields = request.as_conf()
+    else:
+        fields = _raw_header_fields(conf)
+    header, _created = store.create(tx_id, requested_by=requested_by, dag_id=dag_id, **fields)
+    if request is None:
+        store.fail(tx_id, str(invalid))
+        raise invalid
+    if header.terminal:
+        raise ExportError(f"transaction {tx_id} is already {header.state.value}")
+    store.transition(tx_id, State.RUNNING, f"run started by {requested_by}")
+    return store.get(tx_id)
+
+
+def plan(store: HeaderStore, tx_id: str) -> list[int]:
+    """Plan the batches once (a retry gets the stored plan); return their numbers."""
+    header = _active(store, tx_id)
+    if header.batches_total is not None:
+        return [b.batch_no for b in store.plan(tx_id)]
+    definition = registry.get(header.definition)
+    result = plan_export(definition, header.params, header.batch_size, get_settings().max_batches)
+    stored = store.save_plan(tx_id, result.batches, batch_size=result.batch_size, note=result.note)
+    return [b.batch_no for b in stored]
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    batch_no: int
+    rows: int
+    bytes: int
+    uri: str
+    duration_s: float
+
+    def as_xcom(self) -> dict[str, Any]:
+        # XCom carries references and counts only.
+        return {"batch_no": self.batch_no, "rows": self.rows, "uri": self.uri}
+
+
+def batch_label(store: HeaderStore, tx_id: str, batch_no: int) -> str:
+    header = store.get(tx_id)
+    b = store.batch(tx_id, batch_no)
+    upper = "…" if b.hi is None else str(b.hi)
+    return f"batch-{batch_no:05d} of {header.batches_total} ({b.lo}…{upper})"
+
+
+def export_batch(store: HeaderStore, tx_id: str, batch_no: int) -> BatchResult:
+    """Stream one batch's rows from the source into its Parquet part and record its rows."""
+    header = _active(store, tx_id)
+    definition = registry.get(header.definition)
+    b = store.batch(tx_id, batch_no)
+    attempt = store.start_batch(tx_id, batch_no)
+    started = time.monotonic()
+    values = {**definition.bind_values(header.params), "export_tx_lo": b.lo}
+    if b.hi is not None:
+        values["export_tx_hi"] = b.hi
+    target = storage.part_path(tx_id, batch_no)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with stream(definition.source, batch_sql(definition, b.hi is not None), values) as reader:
+        schema, batches = processed(definition, reader)
+        # A fixed name: a retry overwrites the part of an earlier attempt, never adds one.
+        with target.open("wb") as raw:
+            sink = storage.HashingWriter(raw)
+            rows = write_parquet(sink, schema, batches)
+            sink.close()
+    duration = time.monotonic() - started
+    store.record_batch(tx_id, batch_no, rows=rows, nbytes=sink.bytes, part_uri=str(target), duration_s=duration)
+    log.info("batch %s attempt %s: %s rows, %s bytes in %.2f s", batch_no, attempt, rows, sink.bytes, duration)
+    return BatchResult(batch_no, rows, sink.bytes, str(target), duration)
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    uri: str
+    rows: int
+    bytes: int
+    sha256: str
+
+    def as_xcom(self) -> dict[str, Any]:
+        return {"uri": self.uri, "rows": self.rows, "bytes": self.bytes, "sha256": self.sha256}
+
+
+def merge(store: HeaderStore, tx_id: str) -> MergeResult:
+    """Merge the parts in batch order into the result; publish it only if every row is there."""
+    header = store.get(tx_id)
+    if header.state == State.SUCCEEDED and header.result_uri:
+        # Already published by an earlier attempt of this task.
+        return MergeResult(header.result_uri, header.result_rows or 0, header.result_bytes or 0,
+                           header.result_sha256 or "")
+    _active(store, tx_id)
+    store.transition(tx_id, State.MERGING, "merging the parts")
+    definition = registry.get(header.definition)
+    plan = store.plan(tx_id)
+    missing = [b.batch_no for b in plan if b.state != "DONE"]
+    if missing:
+        raise IntegrityError(f"batches {missing} have not finished; nothing was published")
+    expected = sum(b.rows or 0 for b in plan)
+
+    if plan:
+        import pyarrow.parquet as pq
+
+        with storage.part_path(tx_id, plan[0].batch_no).open("rb") as first:
+            schema = pq.ParquetFile(first).schema_arrow
+    else:
+        schema = _empty_schema(definition, header.params)
+
+    tmp = storage.temp_result_path(tx_id, definition.name)
+    final = storage.result_path(tx_id, definition.name)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with tmp.open("wb") as raw:
+        sink = storage.HashingWriter(raw)
+        parts = (_open_part(tx_id, b.batch_no) for b in plan)
+        written = copy_row_groups(sink, schema, parts)
+        sink.close()
+    file_rows = _file_rows(tmp)
+    if written != expected or file_rows != expected:
+        storage.remove(tmp)
+        raise IntegrityError(
+            f"the merged file holds {file_rows:,} rows but the batches recorded {expected:,}; "
+            "nothing was published"
+        )
+    storage.publish(tmp, final)
+    finished = utcnow()
+    store.transition(
+        tx_id,
+        State.SUCCEEDED,
+        f"{expected:,} rows, {sink.bytes:,} bytes published in {time.monotonic() - started:.2f} s",
+        data={"rows": expected, "bytes": sink.bytes, "sha256": sink.sha256},
+        result_uri=str(final),
+        result_rows=expected,
+        result_bytes=sink.bytes,
+        result_sha256=sink.sha256,
+        result_schema=schema_description(schema),
+        expires_at=finished + timedelta(days=definition.retention_days),
+    )
+    if storage.remove_tree(storage.parts_dir(tx_id)):
+        store.add_event(tx_id, "cleanup", f"removed {len(plan)} parts")
+    return MergeResult(str(final), expected, sink.bytes, sink.sha256)
+
+
+def _open_part(tx_id: str, batch_no: int) -> Any:
+    path = storage.part_path(tx_id, batch_no)
+    if not path.exists():
+        raise IntegrityError(f"the part of batch {batch_no} is missing from storage; nothing was published")
+    return path.open("rb")
+
+
+def _file_rows(path: Any) -> int:
+    import pyarrow.parquet as pq
+
+    with path.open("rb") as f:
+        return int(pq.ParquetFile(f).metadata.num_rows)
+
+
+def _empty_schema(definition: Any, params: dict[str, Any]) -> Any:
+    """Schema of a zero-row export: the query's own, conformed and transformed."""
+    if definition.schema is not None:
+        return output_schema(definition, definition.schema())
+    values = {**definition.bind_values(params), "export_tx_lo": None}
+    with stream(definition.source, batch_sql(definition, False), values) as reader:
+        schema, _ = processed(definition, reader)
+        return schema
+
+
+@dataclass(frozen=True)
+class Outcome:
+    succeeded: bool
+    message: str
+
+
+def finalize(store: HeaderStore, tx_id: str) -> Outcome:
+    """Close the transaction once every task is done: a run that did not reach SUCCEEDED ends
+    FAILED with the last recorded error; its parts and any temporary file are removed.
+
+    Nothing is published here: the result only ever appears by the merge's final rename.
+    """
+    header = store.find(tx_id)
+    if header is None:
+        return Outcome(False, "the export failed before its transaction header was created; "
+                              "the Airflow task log of begin_transaction has the details")
+    if header.state == State.SUCCEEDED:
+        return Outcome(True, "succeeded")
+    last = store.last_event(tx_id, "error")
+    message = last.message if last is not None else (
+        "a step of the export failed; the Airflow task log has the details"
+    )
+    store.fail(tx_id, message)
+    if storage.remove_tree(storage.parts_dir(tx_id)):
+        store.add_event(tx_id, "cleanup", "removed the parts of the unfinished export")
+    storage.remove(storage.temp_result_path(tx_id, header.definition))
+    final = store.get(tx_id)
+    return Outcome(False, final.error or f"the export ended {final.state.value}")
+
+
+def _active(store: HeaderStore, tx_id: str) -> Header:
+    header = store.get(tx_id)
+    if header.terminal:
+        raise ExportError(f"transaction is {header.state.value}; no further work is done")
+    return header

@@ -1,0 +1,83 @@
+"""The run conf contract (design doc): parsed and validated once, into a typed request."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from export_tx import registry, settings
+from export_tx.errors import FieldError, RequestInvalid
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+KNOWN_FIELDS = ("definition", "params", "batch_size", "notify_email", "notify_delay_minutes")
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    definition: str
+    params: dict[str, Any]
+    batch_size: int = settings.BATCH_SIZE_DEFAULT
+    notify_email: str | None = None
+    notify_delay_minutes: int = settings.NOTIFY_DELAY_DEFAULT
+
+    def as_conf(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _int_field(conf: dict[str, Any], name: str, default: int, low: int, high: int, errors: list[FieldError]) -> int:
+    value = conf.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        errors.append(FieldError(name, f"must be an integer between {low:_} and {high:_}"))
+        return default
+    if not low <= value <= high:
+        errors.append(FieldError(name, f"{value:_} is out of range; allowed: {low:_} to {high:_}"))
+    return value
+
+
+def parse_request(conf: dict[str, Any] | None) -> ExportRequest:
+    """Validate a run conf; raise :class:`RequestInvalid` naming every bad field."""
+    conf = dict(conf or {})
+    errors: list[FieldError] = []
+    for name in sorted(set(conf) - set(KNOWN_FIELDS)):
+        errors.append(FieldError(name, f"unknown field; allowed: {', '.join(KNOWN_FIELDS)}"))
+
+    name = conf.get("definition")
+    known = registry.names()
+    definition = None
+    if not isinstance(name, str) or name not in known:
+        shown = "missing" if name is None else repr(name)
+        errors.append(FieldError("definition", f"{shown} is not a registered definition; allowed: {', '.join(known)}"))
+    else:
+        definition = registry.get(name)
+
+    batch_size = _int_field(
+        conf, "batch_size", settings.BATCH_SIZE_DEFAULT, settings.BATCH_SIZE_MIN, settings.BATCH_SIZE_MAX, errors
+    )
+    delay = _int_field(
+        conf, "notify_delay_minutes", settings.NOTIFY_DELAY_DEFAULT, 0, settings.NOTIFY_DELAY_MAX, errors
+    )
+    email = conf.get("notify_email")
+    if email in ("", None):
+        email = None
+    elif not isinstance(email, str) or not _EMAIL.match(email):
+        errors.append(FieldError("notify_email", f"{email!r} is not an email address"))
+
+    params: dict[str, Any] = {}
+    if definition is not None:
+        try:
+            params = definition.validate_params(conf.get("params"))
+        except RequestInvalid as exc:
+            errors.extend(exc.errors)
+    if errors:
+        raise RequestInvalid(errors)
+    assert isinstance(name, str)
+    return ExportRequest(
+        definition=name,
+        params=params,
+        batch_size=batch_size,
+        notify_email=email,
+        notify_delay_minutes=delay,
+    )

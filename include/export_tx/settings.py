@@ -1,0 +1,70 @@
+"""Every name, default and limit the product shares, in one place.
+
+Values come from the environment so the same code runs on the embedded default (SQLite,
+local files) and in production (PostgreSQL, S3). Nothing here touches a database or the
+network: reading this module is free at DAG-parse time.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DAG_ID = "export_transaction"
+
+# Tables of the header store (never Airflow's metadata DB).
+HEADER_TABLE = "export_header"
+BATCH_TABLE = "export_batch"
+EVENT_TABLE = "export_event"
+
+# Request limits (the run conf / Params contract).
+BATCH_SIZE_DEFAULT = 250_000
+BATCH_SIZE_MIN = 1_000
+BATCH_SIZE_MAX = 5_000_000
+NOTIFY_DELAY_DEFAULT = 15
+NOTIFY_DELAY_MAX = 7 * 24 * 60
+
+# Rows buffered per Parquet row group (small fetched batches make ~18 % bigger files).
+ROW_GROUP_ROWS = 1_000_000
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def airflow_home() -> Path:
+    return Path(_env("AIRFLOW_HOME", str(Path.home() / "airflow")) or "")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime configuration, resolved from the environment when first needed."""
+
+    store_conn_id: str | None
+    store_url: str
+    storage_uri: str
+    demo_db_path: Path
+    max_batches: int
+    min_batch_size: int
+    public_base_url: str
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        home = airflow_home()
+        return cls(
+            # An Airflow connection id (postgres) wins over a plain SQLAlchemy URL.
+            store_conn_id=_env("EXPORT_TX_STORE_CONN_ID"),
+            store_url=_env("EXPORT_TX_STORE_URL", f"sqlite:///{home / 'export_tx.db'}") or "",
+            storage_uri=(_env("EXPORT_TX_STORAGE_URI", f"file://{home / 'exports'}") or "").rstrip("/"),
+            demo_db_path=Path(_env("EXPORT_TX_DEMO_DB", str(home / "demo_source.db")) or ""),
+            # Keep mapped tasks in the tens to low hundreds (max_map_length is 1024).
+            max_batches=int(_env("EXPORT_TX_MAX_BATCHES", "200") or 200),
+            min_batch_size=int(_env("EXPORT_TX_MIN_BATCH_SIZE", str(BATCH_SIZE_MIN)) or BATCH_SIZE_MIN),
+            public_base_url=(_env("EXPORT_TX_PUBLIC_URL", "http://localhost:8080") or "").rstrip("/"),
+        )
+
+
+def get_settings() -> Settings:
+    return Settings.from_env()

@@ -1,0 +1,111 @@
+"""Where parts and results live: one layout, on a local folder or S3 via ObjectStoragePath.
+
+``{base}/{tx}/parts/part-00001.parquet`` (fixed names: a retry overwrites, never duplicates)
+and ``{base}/{tx}/result/{definition}.parquet`` (published by an atomic rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import TYPE_CHECKING, Any
+
+from export_tx.settings import get_settings
+
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
+
+
+def _path(uri: str) -> ObjectStoragePath:
+    from airflow.sdk import ObjectStoragePath
+
+    return ObjectStoragePath(uri)
+
+
+def tx_folder_name(tx_id: str) -> str:
+    """A path segment safe on every store; the hash keeps distinct run ids distinct."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", tx_id).strip("._")[:80]
+    return f"{readable}-{hashlib.sha256(tx_id.encode()).hexdigest()[:10]}"
+
+
+def tx_root(tx_id: str, base: str | None = None) -> ObjectStoragePath:
+    return _path(f"{base or get_settings().storage_uri}/{tx_folder_name(tx_id)}")
+
+
+def parts_dir(tx_id: str) -> ObjectStoragePath:
+    return tx_root(tx_id) / "parts"
+
+
+def part_path(tx_id: str, batch_no: int) -> ObjectStoragePath:
+    return parts_dir(tx_id) / f"part-{batch_no:05d}.parquet"
+
+
+def result_path(tx_id: str, definition: str) -> ObjectStoragePath:
+    return tx_root(tx_id) / "result" / f"{definition}.parquet"
+
+
+def temp_result_path(tx_id: str, definition: str) -> ObjectStoragePath:
+    return tx_root(tx_id) / "result" / f".{definition}.parquet.tmp"
+
+
+def remove_tree(path: ObjectStoragePath) -> bool:
+    """Remove a folder and everything under it; False if there was nothing."""
+    if not path.exists():
+        return False
+    path.fs.rm(path.path, recursive=True)
+    return True
+
+
+def remove(path: ObjectStoragePath) -> None:
+    if path.exists():
+        path.unlink()
+
+
+def publish(tmp: ObjectStoragePath, final: ObjectStoragePath) -> None:
+    """Make ``tmp`` visible as ``final`` in one step.
+
+    A local rename is atomic; on S3 ``mv`` is a server-side copy that becomes visible only
+    once complete, then the temporary object is deleted.
+    """
+    tmp.fs.mv(tmp.path, final.path)
+
+
+class HashingWriter:
+    """A write-only file wrapper that counts bytes and computes the sha256 on the way out."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self._sha = hashlib.sha256()
+        self.bytes = 0
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        self._sha.update(view)
+        self._raw.write(view)
+        self.bytes += len(view)
+        return len(view)
+
+    def tell(self) -> int:
+        return self.bytes
+
+    def flush(self) -> None:
+        self._raw.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._raw.close()
+
+    @property
+    def sha256(self) -> str:
+        return self._sha.hexdigest()

@@ -1,0 +1,501 @@
+"""The header store: transaction headers, their batch plan and their event log.
+
+SQLAlchemy Core over SQLite (embedded default) or PostgreSQL (production, through an
+Airflow connection). Tables are created idempotently by :meth:`HeaderStore.ensure_schema`.
+Every state change goes through :meth:`HeaderStore.transition`, which asks
+:mod:`export_tx.states` and updates with a compare-and-set, so two processes can never both
+move the same header; counters are derived from the batch rows, so re-running a batch
+counts it once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from export_tx import settings
+from export_tx.states import TERMINAL, IllegalTransition, State, check
+
+metadata = sa.MetaData()
+_BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+_TS = sa.DateTime(timezone=True)
+
+headers = sa.Table(
+    settings.HEADER_TABLE,
+    metadata,
+    sa.Column("id", sa.String(250), primary_key=True),
+    sa.Column("dag_id", sa.String(250), nullable=False),
+    sa.Column("definition", sa.String(100), nullable=False),
+    sa.Column("params", sa.JSON, nullable=False),
+    sa.Column("batch_size", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(20), nullable=False),
+    sa.Column("requested_by", sa.String(250), nullable=False),
+    sa.Column("idempotency_key", sa.String(250)),
+    sa.Column("request_hash", sa.String(64)),
+    sa.Column("notify_email", sa.String(320)),
+    sa.Column("notify_delay_minutes", sa.Integer, nullable=False),
+    sa.Column("notification_state", sa.String(30), nullable=False),
+    sa.Column("notification_sent_at", _TS),
+    sa.Column("batches_total", sa.Integer),
+    sa.Column("batches_done", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("rows_planned", sa.BigInteger),
+    sa.Column("rows_written", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("result_uri", sa.Text),
+    sa.Column("result_rows", sa.BigInteger),
+    sa.Column("result_bytes", sa.BigInteger),
+    sa.Column("result_sha256", sa.String(64)),
+    sa.Column("result_schema", sa.JSON),
+    sa.Column("expires_at", _TS),
+    sa.Column("error", sa.Text),
+    sa.Column("downloaded_at", _TS),
+    sa.Column("cancelled_by", sa.String(250)),
+    sa.Column("created_at", _TS, nullable=False),
+    sa.Column("updated_at", _TS, nullable=False),
+    sa.Column("started_at", _TS),
+    sa.Column("finished_at", _TS),
+    sa.Index("ix_export_header_requester", "requested_by", "created_at"),
+    sa.Index("ix_export_header_state", "state"),
+    sa.UniqueConstraint("requested_by", "idempotency_key", name="uq_export_header_idempotency"),
+)
+
+batches = sa.Table(
+    settings.BATCH_TABLE,
+    metadata,
+    sa.Column("tx_id", sa.String(250), sa.ForeignKey(f"{settings.HEADER_TABLE}.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("batch_no", sa.Integer, primary_key=True, autoincrement=False),
+    # Key bounds, JSON-encoded so integer and text keys round-trip exactly: lo <= key < hi.
+    sa.Column("lo", sa.Text, nullable=False),
+    sa.Column("hi", sa.Text),
+    sa.Column("planned_rows", sa.BigInteger, nullable=False),
+    sa.Column("state", sa.String(20), nullable=False, server_default="PLANNED"),
+    sa.Column("rows", sa.BigInteger),
+    sa.Column("bytes", sa.BigInteger),
+    sa.Column("part_uri", sa.Text),
+    sa.Column("duration_s", sa.Float),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("done_at", _TS),
+)
+
+events = sa.Table(
+    settings.EVENT_TABLE,
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("tx_id", sa.String(250), nullable=False),
+    sa.Column("at", _TS, nullable=False),
+    sa.Column("kind", sa.String(30), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("data", sa.JSON),
+    sa.Index("ix_export_event_tx", "tx_id", "id"),
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: Any) -> Any:
+    # SQLite hands timestamps back naive; they were written in UTC.
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+@dataclass(frozen=True)
+class Header:
+    id: str
+    dag_id: str
+    definition: str
+    params: dict[str, Any]
+    batch_size: int
+    state: State
+    requested_by: str
+    idempotency_key: str | None
+    request_hash: str | None
+    notify_email: str | None
+    notify_delay_minutes: int
+    notification_state: str
+    notification_sent_at: datetime | None
+    batches_total: int | None
+    batches_done: int
+    rows_planned: int | None
+    rows_written: int
+    result_uri: str | None
+    result_rows: int | None
+    result_bytes: int | None
+    result_sha256: str | None
+    result_schema: list[dict[str, str]] | None
+    expires_at: datetime | None
+    error: str | None
+    downloaded_at: datetime | None
+    cancelled_by: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: sa.RowMapping) -> Header:
+        values = {f.name: _aware(row[f.name]) for f in fields(cls)}
+        values["state"] = State(values["state"])
+        return cls(**values)
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+
+@dataclass(frozen=True)
+class Batch:
+    tx_id: str
+    batch_no: int
+    lo: Any
+    hi: Any
+    planned_rows: int
+    state: str
+    rows: int | None
+    bytes: int | None
+    part_uri: str | None
+    duration_s: float | None
+    attempts: int
+    done_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: sa.RowMapping) -> Batch:
+        values = {f.name: _aware(row[f.name]) for f in fields(cls)}
+        values["lo"] = json.loads(values["lo"])
+        values["hi"] = None if values["hi"] is None else json.loads(values["hi"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class PlannedBatch:
+    batch_no: int
+    lo: Any
+    hi: Any  # None: open-ended (the last batch)
+    planned_rows: int
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    tx_id: str
+    at: datetime
+    kind: str
+    message: str
+    data: dict[str, Any] | None
+
+    @classmethod
+    def from_row(cls, row: sa.RowMapping) -> Event:
+        return cls(**{f.name: _aware(row[f.name]) for f in fields(cls)})
+
+
+class NotFound(KeyError):
+    pass
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # Autocommit at the driver level: SQLAlchemy's "begin" event issues BEGIN IMMEDIATE so a
+    # read-then-write never deadlocks against another task process (WAL + busy timeout).
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=60000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+@cache
+def engine_for(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        from pathlib import Path
+
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 60})
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        sa.event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4)
+
+
+def store_url_from_connection(conn_id: str) -> str:
+    """SQLAlchemy URL for an Airflow PostgreSQL connection (resolved when first used)."""
+    from export_tx.sources import postgres_uri
+
+    return "postgresql+psycopg://" + postgres_uri(conn_id).split("://", 1)[1]
+
+
+class HeaderStore:
+    """All reads and writes of headers, batches and events."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = engine_for(url)
+
+    @classmethod
+    def from_settings(cls) -> HeaderStore:
+        cfg = settings.get_settings()
+        url = store_url_from_connection(cfg.store_conn_id) if cfg.store_conn_id else cfg.store_url
+        store = cls(url)
+        store.ensure_schema()
+        return store
+
+    # -- schema ------------------------------------------------------------------------
+
+    def ensure_schema(self) -> None:
+        """Create the tables if missing; safe to call from many processes at once."""
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(727270001)"))
+            metadata.create_all(conn, checkfirst=True)
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    # -- headers -----------------------------------------------------------------------
+
+    def create(
+        self,
+        tx_id: str,
+        *,
+        definition: str,
+        params: dict[str, Any],
+        batch_size: int,
+        requested_by: str,
+        dag_id: str = settings.DAG_ID,
+        notify_email: str | None = None,
+        notify_delay_minutes: int = settings.NOTIFY_DELAY_DEFAULT,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
+    ) -> tuple[Header, bool]:
+        """Insert a REQUESTED header unless one exists; return it and whether it was created."""
+        now = utcnow()
+        with self._tx() as conn:
+            existing = conn.execute(sa.select(headers).where(headers.c.id == tx_id)).mappings().first()
+            if existing is not None:
+                return Header.from_row(existing), False
+            conn.execute(
+                headers.insert().values(
+                    id=tx_id,
+                    dag_id=dag_id,
+                    definition=definition,
+                    params=params,
+                    batch_size=batch_size,
+                    state=State.REQUESTED.value,
+                    requested_by=requested_by,
+                    idempotency_key=idempotency_key,
+                    request_hash=request_hash,
+                    notify_email=notify_email,
+                    notify_delay_minutes=notify_delay_minutes,
+                    notification_state="pending" if notify_email else "not_requested",
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            self._event(conn, tx_id, "state", f"{State.REQUESTED.value}: requested by {requested_by}",
+                        {"state": State.REQUESTED.value, "definition": definition, "params": params})
+            row = conn.execute(sa.select(headers).where(headers.c.id == tx_id)).mappings().one()
+            return Header.from_row(row), True
+
+    def get(self, tx_id: str) -> Header:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(headers).where(headers.c.id == tx_id)).mappings().first()
+        if row is None:
+            raise NotFound(tx_id)
+        return Header.from_row(row)
+
+    def find(self, tx_id: str) -> Header | None:
+        try:
+            return self.get(tx_id)
+        except NotFound:
+            return None
+
+    def transition(
+        self, tx_id: str, target: State, message: str, *, data: dict[str, Any] | None = None, **values: Any
+    ) -> bool:
+        """Move the header to ``target`` (with extra column ``values``) and log the event.
+
+        Returns False when the header already is in ``target`` and ``target`` is not terminal
+        (a retried task repeating its step); raises :class:`IllegalTransition` otherwise.
+        """
+        with self._tx() as conn:
+            # FOR UPDATE locks the row on PostgreSQL; on SQLite, BEGIN IMMEDIATE already did.
+            row = conn.execute(
+                sa.select(headers.c.state).where(headers.c.id == tx_id).with_for_update()
+            ).first()
+            if row is None:
+                raise NotFound(tx_id)
+            current = State(row.state)
+            if current == target and target not in TERMINAL:
+                return False
+            check(current, target)
+            now = utcnow()
+            stamp: dict[str, Any] = {"updated_at": now}
+            if target == State.RUNNING:
+                stamp["started_at"] = now
+            if target in TERMINAL and target != State.EXPIRED:
+                stamp["finished_at"] = now
+            result = conn.execute(
+                headers.update()
+                .where(headers.c.id == tx_id, headers.c.state == current.value)
+                .values(state=target.value, **stamp, **values)
+            )
+            if result.rowcount != 1:
+                raise NotFound(tx_id)
+            self._event(conn, tx_id, "state", f"{target.value}: {message}", {"state": target.value, **(data or {})})
+            return True
+
+    def fail(self, tx_id: str, message: str, *, state: State = State.FAILED, **values: Any) -> bool:
+        """End an active transaction as FAILED (or CANCELLED); a terminal one is left as it is."""
+        try:
+            return self.transition(tx_id, state, message, error=message if state == State.FAILED else None,
+                                   **values)
+        except IllegalTransition:
+            return False
+
+    def update(self, tx_id: str, **values: Any) -> None:
+        """Set non-state columns (notification, downloaded_at, …)."""
+        if "state" in values:
+            raise ValueError("use transition() to change the state")
+        with self._tx() as conn:
+            conn.execute(headers.update().where(headers.c.id == tx_id).values(updated_at=utcnow(), **values))
+
+    # -- plan and batches --------------------------------------------------------------
+
+    def save_plan(self, tx_id: str, plan: Sequence[PlannedBatch], *, batch_size: int, note: str) -> list[Batch]:
+        """Store the plan once: a retried or resumed run gets the stored plan back unchanged."""
+        with self._tx() as conn:
+            stored = conn.execute(
+                sa.select(batches).where(batches.c.tx_id == tx_id).order_by(batches.c.batch_no)
+            ).mappings().all()
+            if stored or conn.execute(
+                sa.select(headers.c.batches_total).where(headers.c.id == tx_id)
+            ).scalar() is not None:
+                return [Batch.from_row(r) for r in stored]
+            if plan:
+                conn.execute(
+                    batches.insert(),
+                    [
+                        {
+                            "tx_id": tx_id,
+                            "batch_no": b.batch_no,
+                            "lo": json.dumps(b.lo),
+                            "hi": None if b.hi is None else json.dumps(b.hi),
+                            "planned_rows": b.planned_rows,
+                            "state": "PLANNED",
+                            "attempts": 0,
+                        }
+                        for b in plan
+                    ],
+                )
+            rows = sum(b.planned_rows for b in plan)
+            conn.execute(
+                headers.update()
+                .where(headers.c.id == tx_id)
+                .values(batches_total=len(plan), rows_planned=rows, batch_size=batch_size, updated_at=utcnow())
+            )
+            self._event(conn, tx_id, "plan", note, {"batches": len(plan), "rows": rows, "batch_size": batch_size})
+            stored = conn.execute(
+                sa.select(batches).where(batches.c.tx_id == tx_id).order_by(batches.c.batch_no)
+            ).mappings().all()
+            return [Batch.from_row(r) for r in stored]
+
+    def plan(self, tx_id: str) -> list[Batch]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(batches).where(batches.c.tx_id == tx_id).order_by(batches.c.batch_no)
+            ).mappings().all()
+        return [Batch.from_row(r) for r in rows]
+
+    def batch(self, tx_id: str, batch_no: int) -> Batch:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(batches).where(batches.c.tx_id == tx_id, batches.c.batch_no == batch_no)
+            ).mappings().first()
+        if row is None:
+            raise NotFound(f"{tx_id} batch {batch_no}")
+        return Batch.from_row(row)
+
+    def start_batch(self, tx_id: str, batch_no: int) -> int:
+        """Count an attempt at a batch; return the attempt number."""
+        with self._tx() as conn:
+            conn.execute(
+                batches.update()
+                .where(batches.c.tx_id == tx_id, batches.c.batch_no == batch_no)
+                .values(attempts=batches.c.attempts + 1)
+            )
+            return int(conn.execute(
+                sa.select(batches.c.attempts).where(batches.c.tx_id == tx_id, batches.c.batch_no == batch_no)
+            ).scalar_one())
+
+    def record_batch(
+        self, tx_id: str, batch_no: int, *, rows: int, nbytes: int, part_uri: str, duration_s: float
+    ) -> bool:
+        """Mark a batch done with its rows. Idempotent: the header's counters are derived from
+        the batch rows, so recording batch N twice counts it once. Returns True the first time."""
+        with self._tx() as conn:
+            before = conn.execute(
+                sa.select(batches.c.state).where(batches.c.tx_id == tx_id, batches.c.batch_no == batch_no)
+            ).scalar_one()
+            conn.execute(
+                batches.update()
+                .where(batches.c.tx_id == tx_id, batches.c.batch_no == batch_no)
+                .values(state="DONE", rows=rows, bytes=nbytes, part_uri=part_uri, duration_s=duration_s,
+                        done_at=utcnow())
+            )
+            done = sa.select(sa.func.count()).where(batches.c.tx_id == tx_id, batches.c.state == "DONE")
+            written = sa.select(sa.func.coalesce(sa.func.sum(batches.c.rows), 0)).where(
+                batches.c.tx_id == tx_id, batches.c.state == "DONE"
+            )
+            conn.execute(
+                headers.update()
+                .where(headers.c.id == tx_id)
+                .values(batches_done=done.scalar_subquery(), rows_written=written.scalar_subquery(),
+                        updated_at=utcnow())
+            )
+            first = before != "DONE"
+            verb = "done" if first else "re-run, counted once"
+            self._event(
+                conn, tx_id, "batch", f"batch {batch_no} {verb}: {rows:,} rows in {duration_s:.2f} s",
+                {"batch_no": batch_no, "rows": rows, "bytes": nbytes, "duration_s": round(duration_s, 3)},
+            )
+            return first
+
+    # -- events ------------------------------------------------------------------------
+
+    def _event(self, conn: Connection, tx_id: str, kind: str, message: str, data: dict[str, Any] | None) -> None:
+        conn.execute(events.insert().values(tx_id=tx_id, at=utcnow(), kind=kind, message=message, data=data))
+
+    def add_event(self, tx_id: str, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
+        with self._tx() as conn:
+            self._event(conn, tx_id, kind, message, data)
+
+    def events(self, tx_id: str, *, after_id: int = 0, limit: int = 100, kind: str | None = None) -> list[Event]:
+        query = sa.select(events).where(events.c.tx_id == tx_id, events.c.id > after_id)
+        if kind is not None:
+            query = query.where(events.c.kind == kind)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.order_by(events.c.id).limit(limit)).mappings().all()
+        return [Event.from_row(r) for r in rows]
+
+    def last_event(self, tx_id: str, kind: str) -> Event | None:
+        query = sa.select(events).where(events.c.tx_id == tx_id, events.c.kind == kind)
+        with self.engine.connect() as conn:
+            row = conn.execute(query.order_by(events.c.id.desc()).limit(1)).mappings().first()
+        return None if row is None else Event.from_row(row)
