@@ -23,9 +23,7 @@ def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     columns = []
     for target in schema:
         if target.name not in names:
-            raise ExportError(
-                f"the query returned no column {target.name!r} that the definition's schema declares"
-            )
+            raise ExportError(f"the query returned no column {target.name!r} that the definition's schema declares")
         column = batch.column(names.index(target.name))
         if isinstance(column.type, pa.ExtensionType):  # e.g. PostgreSQL numeric from ADBC
             column = column.storage
@@ -33,9 +31,7 @@ def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
             try:
                 column = column.cast(target.type)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                raise ExportError(
-                    f"column {target.name!r} cannot be read as {target.type}: {exc}"
-                ) from exc
+                raise ExportError(f"column {target.name!r} cannot be read as {target.type}: {exc}") from exc
         columns.append(column)
     return pa.RecordBatch.from_arrays(columns, schema=schema)
 

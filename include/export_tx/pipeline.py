@@ -34,10 +34,12 @@ def _raw_header_fields(conf: dict[str, Any]) -> dict[str, Any]:
     return {
         "definition": str(conf.get("definition"))[:100],
         "params": conf.get("params") if isinstance(conf.get("params"), dict) else {},
-        "batch_size": batch_size if isinstance(batch_size, int) and not isinstance(batch_size, bool)
+        "batch_size": batch_size
+        if isinstance(batch_size, int) and not isinstance(batch_size, bool)
         else BATCH_SIZE_DEFAULT,
         "notify_email": None,
-        "notify_delay_minutes": delay if isinstance(delay, int) and not isinstance(delay, bool)
+        "notify_delay_minutes": delay
+        if isinstance(delay, int) and not isinstance(delay, bool)
         else NOTIFY_DELAY_DEFAULT,
     }
 
@@ -93,8 +95,10 @@ class BatchResult:
 def batch_label(store: HeaderStore, tx_id: str, batch_no: int) -> str:
     header = store.get(tx_id)
     b = store.batch(tx_id, batch_no)
-    upper = "…" if b.hi is None else str(b.hi)
-    return f"batch-{batch_no:05d} of {header.batches_total} ({b.lo}…{upper})"
+    key = registry.get(header.definition).key_column
+    upper = "" if b.hi is None else f" below {b.hi}"
+    # Never a bare number: Airflow crashes on a map index label that renders to one.
+    return f"batch-{batch_no:05d} of {header.batches_total} ({key} from {b.lo}{upper})"
 
 
 def export_batch(store: HeaderStore, tx_id: str, batch_no: int) -> BatchResult:
@@ -138,8 +142,9 @@ def merge(store: HeaderStore, tx_id: str) -> MergeResult:
     header = store.get(tx_id)
     if header.state == State.SUCCEEDED and header.result_uri:
         # Already published by an earlier attempt of this task.
-        return MergeResult(header.result_uri, header.result_rows or 0, header.result_bytes or 0,
-                           header.result_sha256 or "")
+        return MergeResult(
+            header.result_uri, header.result_rows or 0, header.result_bytes or 0, header.result_sha256 or ""
+        )
     _active(store, tx_id)
     store.transition(tx_id, State.MERGING, "merging the parts")
     definition = registry.get(header.definition)
@@ -170,8 +175,7 @@ def merge(store: HeaderStore, tx_id: str) -> MergeResult:
     if written != expected or file_rows != expected:
         storage.remove(tmp)
         raise IntegrityError(
-            f"the merged file holds {file_rows:,} rows but the batches recorded {expected:,}; "
-            "nothing was published"
+            f"the merged file holds {file_rows:,} rows but the batches recorded {expected:,}; nothing was published"
         )
     storage.publish(tmp, final)
     finished = utcnow()
@@ -230,13 +234,16 @@ def finalize(store: HeaderStore, tx_id: str) -> Outcome:
     """
     header = store.find(tx_id)
     if header is None:
-        return Outcome(False, "the export failed before its transaction header was created; "
-                              "the Airflow task log of begin_transaction has the details")
+        return Outcome(
+            False,
+            "the export failed before its transaction header was created; "
+            "the Airflow task log of begin_transaction has the details",
+        )
     if header.state == State.SUCCEEDED:
         return Outcome(True, "succeeded")
     last = store.last_event(tx_id, "error")
-    message = last.message if last is not None else (
-        "a step of the export failed; the Airflow task log has the details"
+    message = (
+        last.message if last is not None else ("a step of the export failed; the Airflow task log has the details")
     )
     store.fail(tx_id, message)
     if storage.remove_tree(storage.parts_dir(tx_id)):

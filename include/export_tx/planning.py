@@ -62,15 +62,19 @@ def batches_from_starts(starts: Sequence[tuple[Any, int]], total_rows: int) -> l
     return plan
 
 
+# The SQL below wraps the definition's reviewed query and its key column (a checked plain
+# identifier); every user value is a bound parameter.
+
+
 def _count_sql(definition: ExportDefinition) -> str:
     key = definition.key_column
-    return f"SELECT COUNT(*) AS n, COUNT({key}) AS n_key FROM ({definition.sql}) AS src"
+    return f"SELECT COUNT(*) AS n, COUNT({key}) AS n_key FROM ({definition.sql}) AS src"  # noqa: S608
 
 
 def _starts_sql(definition: ExportDefinition) -> str:
     key = definition.key_column
     return (
-        f"SELECT k, rn FROM (SELECT {key} AS k, ROW_NUMBER() OVER (ORDER BY {key}) AS rn "
+        f"SELECT k, rn FROM (SELECT {key} AS k, ROW_NUMBER() OVER (ORDER BY {key}) AS rn "  # noqa: S608
         f"FROM ({definition.sql}) AS src) AS numbered "
         f"WHERE (rn - 1) % :export_tx_batch_size = 0 ORDER BY rn"
     )
@@ -80,12 +84,10 @@ def batch_sql(definition: ExportDefinition, bounded_above: bool) -> str:
     """The definition's query restricted to one batch's key range, in key order."""
     key = definition.key_column
     upper = f" AND {key} < :export_tx_hi" if bounded_above else ""
-    return f"SELECT * FROM ({definition.sql}) AS src WHERE {key} >= :export_tx_lo{upper} ORDER BY {key}"
+    return f"SELECT * FROM ({definition.sql}) AS src WHERE {key} >= :export_tx_lo{upper} ORDER BY {key}"  # noqa: S608
 
 
-def plan_export(
-    definition: ExportDefinition, params: Mapping[str, Any], batch_size: int, max_batches: int
-) -> Plan:
+def plan_export(definition: ExportDefinition, params: Mapping[str, Any], batch_size: int, max_batches: int) -> Plan:
     """Count the matching rows, enforce the definition's limit, and compute the batches."""
     values = definition.bind_values(params)
     counts = fetch_all(definition.source, _count_sql(definition), values).to_pylist()[0]
@@ -108,7 +110,5 @@ def plan_export(
     batches = batches_from_starts(pairs, total)
     note = f"planned {len(batches)} batches of ~{size:,} rows for {total:,} rows"
     if size != batch_size:
-        note += (
-            f" (batch_size grown from {batch_size:,} to {size:,} to stay within {max_batches} batches)"
-        )
+        note += f" (batch_size grown from {batch_size:,} to {size:,} to stay within {max_batches} batches)"
     return Plan(batches, total, size, note)

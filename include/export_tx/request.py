@@ -41,8 +41,8 @@ def parse_request(conf: dict[str, Any] | None) -> ExportRequest:
     """Validate a run conf; raise :class:`RequestInvalid` naming every bad field."""
     conf = dict(conf or {})
     errors: list[FieldError] = []
-    for name in sorted(set(conf) - set(KNOWN_FIELDS)):
-        errors.append(FieldError(name, f"unknown field; allowed: {', '.join(KNOWN_FIELDS)}"))
+    for unknown in sorted(set(conf) - set(KNOWN_FIELDS)):
+        errors.append(FieldError(unknown, f"unknown field; allowed: {', '.join(KNOWN_FIELDS)}"))
 
     name = conf.get("definition")
     known = registry.names()
@@ -59,7 +59,7 @@ def parse_request(conf: dict[str, Any] | None) -> ExportRequest:
     delay = _int_field(
         conf, "notify_delay_minutes", settings.NOTIFY_DELAY_DEFAULT, 0, settings.NOTIFY_DELAY_MAX, errors
     )
-    email = conf.get("notify_email")
+    email: Any = conf.get("notify_email")
     if email in ("", None):
         email = None
     elif not isinstance(email, str) or not _EMAIL.match(email):

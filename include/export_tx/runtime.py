@@ -54,8 +54,9 @@ def reporting(store: Any, tx_id: str, what: str, context: Any) -> Iterator[None]
             if final:
                 store.add_event(tx_id, "error", message, {"try": try_number})
             else:
-                store.add_event(tx_id, "retry", f"{message}; attempt {try_number} of {max_tries + 1}, retrying",
-                                {"try": try_number})
+                store.add_event(
+                    tx_id, "retry", f"{message}; attempt {try_number} of {max_tries + 1}, retrying", {"try": try_number}
+                )
         except Exception:  # the store itself may be what failed
             log.exception("could not record the failure in the event log")
         if isinstance(exc, ExportError):

@@ -69,8 +69,9 @@ headers = sa.Table(
 batches = sa.Table(
     settings.BATCH_TABLE,
     metadata,
-    sa.Column("tx_id", sa.String(250), sa.ForeignKey(f"{settings.HEADER_TABLE}.id", ondelete="CASCADE"),
-              primary_key=True),
+    sa.Column(
+        "tx_id", sa.String(250), sa.ForeignKey(f"{settings.HEADER_TABLE}.id", ondelete="CASCADE"), primary_key=True
+    ),
     sa.Column("batch_no", sa.Integer, primary_key=True, autoincrement=False),
     # Key bounds, JSON-encoded so integer and text keys round-trip exactly: lo <= key < hi.
     sa.Column("lo", sa.Text, nullable=False),
@@ -308,8 +309,13 @@ class HeaderStore:
                     updated_at=now,
                 )
             )
-            self._event(conn, tx_id, "state", f"{State.REQUESTED.value}: requested by {requested_by}",
-                        {"state": State.REQUESTED.value, "definition": definition, "params": params})
+            self._event(
+                conn,
+                tx_id,
+                "state",
+                f"{State.REQUESTED.value}: requested by {requested_by}",
+                {"state": State.REQUESTED.value, "definition": definition, "params": params},
+            )
             row = conn.execute(sa.select(headers).where(headers.c.id == tx_id)).mappings().one()
             return Header.from_row(row), True
 
@@ -336,9 +342,7 @@ class HeaderStore:
         """
         with self._tx() as conn:
             # FOR UPDATE locks the row on PostgreSQL; on SQLite, BEGIN IMMEDIATE already did.
-            row = conn.execute(
-                sa.select(headers.c.state).where(headers.c.id == tx_id).with_for_update()
-            ).first()
+            row = conn.execute(sa.select(headers.c.state).where(headers.c.id == tx_id).with_for_update()).first()
             if row is None:
                 raise NotFound(tx_id)
             current = State(row.state)
@@ -364,8 +368,7 @@ class HeaderStore:
     def fail(self, tx_id: str, message: str, *, state: State = State.FAILED, **values: Any) -> bool:
         """End an active transaction as FAILED (or CANCELLED); a terminal one is left as it is."""
         try:
-            return self.transition(tx_id, state, message, error=message if state == State.FAILED else None,
-                                   **values)
+            return self.transition(tx_id, state, message, error=message if state == State.FAILED else None, **values)
         except IllegalTransition:
             return False
 
@@ -381,12 +384,15 @@ class HeaderStore:
     def save_plan(self, tx_id: str, plan: Sequence[PlannedBatch], *, batch_size: int, note: str) -> list[Batch]:
         """Store the plan once: a retried or resumed run gets the stored plan back unchanged."""
         with self._tx() as conn:
-            stored = conn.execute(
-                sa.select(batches).where(batches.c.tx_id == tx_id).order_by(batches.c.batch_no)
-            ).mappings().all()
-            if stored or conn.execute(
-                sa.select(headers.c.batches_total).where(headers.c.id == tx_id)
-            ).scalar() is not None:
+            stored = (
+                conn.execute(sa.select(batches).where(batches.c.tx_id == tx_id).order_by(batches.c.batch_no))
+                .mappings()
+                .all()
+            )
+            if (
+                stored
+                or conn.execute(sa.select(headers.c.batches_total).where(headers.c.id == tx_id)).scalar() is not None
+            ):
                 return [Batch.from_row(r) for r in stored]
             if plan:
                 conn.execute(
@@ -411,23 +417,29 @@ class HeaderStore:
                 .values(batches_total=len(plan), rows_planned=rows, batch_size=batch_size, updated_at=utcnow())
             )
             self._event(conn, tx_id, "plan", note, {"batches": len(plan), "rows": rows, "batch_size": batch_size})
-            stored = conn.execute(
-                sa.select(batches).where(batches.c.tx_id == tx_id).order_by(batches.c.batch_no)
-            ).mappings().all()
+            stored = (
+                conn.execute(sa.select(batches).where(batches.c.tx_id == tx_id).order_by(batches.c.batch_no))
+                .mappings()
+                .all()
+            )
             return [Batch.from_row(r) for r in stored]
 
     def plan(self, tx_id: str) -> list[Batch]:
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(batches).where(batches.c.tx_id == tx_id).order_by(batches.c.batch_no)
-            ).mappings().all()
+            rows = (
+                conn.execute(sa.select(batches).where(batches.c.tx_id == tx_id).order_by(batches.c.batch_no))
+                .mappings()
+                .all()
+            )
         return [Batch.from_row(r) for r in rows]
 
     def batch(self, tx_id: str, batch_no: int) -> Batch:
         with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(batches).where(batches.c.tx_id == tx_id, batches.c.batch_no == batch_no)
-            ).mappings().first()
+            row = (
+                conn.execute(sa.select(batches).where(batches.c.tx_id == tx_id, batches.c.batch_no == batch_no))
+                .mappings()
+                .first()
+            )
         if row is None:
             raise NotFound(f"{tx_id} batch {batch_no}")
         return Batch.from_row(row)
@@ -440,9 +452,11 @@ class HeaderStore:
                 .where(batches.c.tx_id == tx_id, batches.c.batch_no == batch_no)
                 .values(attempts=batches.c.attempts + 1)
             )
-            return int(conn.execute(
-                sa.select(batches.c.attempts).where(batches.c.tx_id == tx_id, batches.c.batch_no == batch_no)
-            ).scalar_one())
+            return int(
+                conn.execute(
+                    sa.select(batches.c.attempts).where(batches.c.tx_id == tx_id, batches.c.batch_no == batch_no)
+                ).scalar_one()
+            )
 
     def record_batch(
         self, tx_id: str, batch_no: int, *, rows: int, nbytes: int, part_uri: str, duration_s: float
@@ -456,8 +470,9 @@ class HeaderStore:
             conn.execute(
                 batches.update()
                 .where(batches.c.tx_id == tx_id, batches.c.batch_no == batch_no)
-                .values(state="DONE", rows=rows, bytes=nbytes, part_uri=part_uri, duration_s=duration_s,
-                        done_at=utcnow())
+                .values(
+                    state="DONE", rows=rows, bytes=nbytes, part_uri=part_uri, duration_s=duration_s, done_at=utcnow()
+                )
             )
             done = sa.select(sa.func.count()).where(batches.c.tx_id == tx_id, batches.c.state == "DONE")
             written = sa.select(sa.func.coalesce(sa.func.sum(batches.c.rows), 0)).where(
@@ -466,13 +481,17 @@ class HeaderStore:
             conn.execute(
                 headers.update()
                 .where(headers.c.id == tx_id)
-                .values(batches_done=done.scalar_subquery(), rows_written=written.scalar_subquery(),
-                        updated_at=utcnow())
+                .values(
+                    batches_done=done.scalar_subquery(), rows_written=written.scalar_subquery(), updated_at=utcnow()
+                )
             )
             first = before != "DONE"
             verb = "done" if first else "re-run, counted once"
             self._event(
-                conn, tx_id, "batch", f"batch {batch_no} {verb}: {rows:,} rows in {duration_s:.2f} s",
+                conn,
+                tx_id,
+                "batch",
+                f"batch {batch_no} {verb}: {rows:,} rows in {duration_s:.2f} s",
                 {"batch_no": batch_no, "rows": rows, "bytes": nbytes, "duration_s": round(duration_s, 3)},
             )
             return first

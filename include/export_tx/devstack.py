@@ -1,0 +1,376 @@
+"""A real Airflow stack on one machine: api-server, scheduler, dag-processor, triggerer.
+
+Used by ``make demo`` / ``make down``, the end-to-end tests and the benchmark, so all three
+run the product the same way. Each component runs in its own process group and is stopped
+with SIGTERM (then SIGKILL), so nothing is orphaned. LocalExecutor and SQLite metadata by
+default (the embedded default); every setting can be overridden through ``extra_env``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+DEMO_USERS = "admin:admin,analyst:user,viewer:viewer"
+
+
+class StackError(RuntimeError):
+    pass
+
+
+@dataclass
+class AirflowStack:
+    home: Path
+    port: int = 8080
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    repo: Path = REPO
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def state_file(self) -> Path:
+        return self.home / "stack.json"
+
+    @property
+    def passwords_file(self) -> Path:
+        return self.home / "simple_auth_manager_passwords.json.generated"
+
+    def _jwt_secret(self) -> str:
+        path = self.home / "jwt_secret"
+        if not path.exists():
+            self.home.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(32))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    def env(self) -> dict[str, str]:
+        """Environment for every component (and for CLI calls such as ``db migrate``)."""
+        bin_dir = str(Path(sys.executable).parent)
+        env = dict(os.environ)
+        env.update(
+            {
+                "PATH": f"{bin_dir}:{env.get('PATH', '')}",
+                "AIRFLOW_HOME": str(self.home),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(self.repo / "dags"),
+                "AIRFLOW__CORE__PLUGINS_FOLDER": str(self.repo / "plugins"),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                "AIRFLOW__CORE__PARALLELISM": "4",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": DEMO_USERS,
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base_url}/execution/",
+                "AIRFLOW__API__PORT": str(self.port),
+                "AIRFLOW__API__HOST": "127.0.0.1",
+                "AIRFLOW__API__BASE_URL": f"http://localhost:{self.port}",
+                "AIRFLOW__API__WORKERS": "1",
+                "AIRFLOW__API_AUTH__JWT_SECRET": self._jwt_secret(),
+                "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",
+                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
+                "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+                "EXPORT_TX_PUBLIC_URL": f"http://localhost:{self.port}",
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        log = self.home / "logs" / "db-migrate.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("w") as out:
+            rc = subprocess.call(["airflow", "db", "migrate"], env=self.env(), stdout=out, stderr=subprocess.STDOUT)
+        if rc != 0:
+            raise StackError(f"'airflow db migrate' failed (exit {rc}); see {log}")
+
+    def running_pids(self) -> dict[str, int]:
+        if not self.state_file.exists():
+            return {}
+        pids = json.loads(self.state_file.read_text()).get("pids", {})
+        return {name: pid for name, pid in pids.items() if _alive(pid)}
+
+    def start(self) -> None:
+        """Start the components not running yet (each in its own session / process group)."""
+        running = self.running_pids()
+        env = self.env()
+        logs = self.home / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        pids = dict(running)
+        for name in COMPONENTS:
+            if name in running:
+                continue
+            out = (logs / f"{name}.log").open("ab")
+            proc = subprocess.Popen(
+                ["airflow", name],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=self.home,
+            )
+            pids[name] = proc.pid
+        self.state_file.write_text(json.dumps({"pids": pids, "port": self.port}))
+
+    def stop(self, timeout: float = 30) -> None:
+        """SIGTERM every component's process group, then SIGKILL what is left."""
+        if not self.state_file.exists():
+            return
+        pids = json.loads(self.state_file.read_text()).get("pids", {})
+        for pid in pids.values():
+            _signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(_group_alive(p) for p in pids.values()):
+            time.sleep(0.3)
+        for pid in pids.values():
+            _signal_group(pid, signal.SIGKILL)
+        self.state_file.unlink(missing_ok=True)
+
+    def wait_ready(self, timeout: float = 180, dag_id: str = "export_transaction") -> None:
+        """Until the api-server answers, every component is healthy and the DAG is parsed."""
+        deadline = time.monotonic() + timeout
+        last = "api-server not answering"
+        while time.monotonic() < deadline:
+            dead = [n for n, pid in self._pids().items() if not _alive(pid)]
+            if dead:
+                raise StackError(f"{', '.join(dead)} exited; see {self.home / 'logs'}")
+            try:
+                health = httpx.get(f"{self.base_url}/api/v2/monitor/health", timeout=5).json()
+                unhealthy = [
+                    k
+                    for k in ("metadatabase", "scheduler", "triggerer", "dag_processor")
+                    if (health.get(k) or {}).get("status") != "healthy"
+                ]
+                if unhealthy:
+                    last = f"waiting for {', '.join(unhealthy)}"
+                else:
+                    with self.client("admin") as client:
+                        answer = client.get(f"/api/v2/dags/{dag_id}")
+                        if answer.status_code == 200:
+                            return
+                        last = f"DAG {dag_id} not parsed yet ({answer.status_code})"
+            except (httpx.HTTPError, ValueError, StackError) as exc:
+                last = str(exc) or type(exc).__name__
+            time.sleep(1)
+        raise StackError(f"the Airflow stack was not ready after {timeout:.0f} s: {last}")
+
+    def _pids(self) -> dict[str, int]:
+        if not self.state_file.exists():
+            return {}
+        return dict(json.loads(self.state_file.read_text()).get("pids", {}))
+
+    # -- clients -----------------------------------------------------------------------
+
+    def passwords(self) -> dict[str, str]:
+        if not self.passwords_file.exists():
+            raise StackError(f"{self.passwords_file} does not exist yet (the api-server writes it)")
+        return dict(json.loads(self.passwords_file.read_text()))
+
+    def token(self, user: str) -> str:
+        answer = httpx.post(
+            f"{self.base_url}/auth/token", json={"username": user, "password": self.passwords()[user]}, timeout=10
+        )
+        if answer.status_code not in (200, 201):
+            raise StackError(f"login as {user} failed: {answer.status_code} {answer.text[:200]}")
+        return str(answer.json()["access_token"])
+
+    def client(self, user: str) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {self.token(user)}"}, timeout=30)
+
+    def trigger(
+        self, client: httpx.Client, conf: dict[str, Any], run_id: str | None = None, dag_id: str = "export_transaction"
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"logical_date": None, "conf": conf}
+        if run_id:
+            body["dag_run_id"] = run_id
+        answer = client.post(f"/api/v2/dags/{dag_id}/dagRuns", json=body)
+        if answer.status_code != 200:
+            raise StackError(f"trigger refused: {answer.status_code} {answer.text[:500]}")
+        return dict(answer.json())
+
+    def wait_run(
+        self, client: httpx.Client, run_id: str, timeout: float = 600, dag_id: str = "export_transaction"
+    ) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = client.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}").json()["state"]
+            if state in ("success", "failed"):
+                return str(state)
+            time.sleep(0.5)
+        raise StackError(f"run {run_id} did not finish within {timeout:.0f} s")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours counts as gone.
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text().split()[2]
+        return status != "Z"
+    except OSError:
+        return False
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    # Only zombies left?
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parts = stat.read_text().split(") ", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(parts[2]) == pgid and parts[0] != "Z":
+            return True
+    return False
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+# -- make demo / make down ---------------------------------------------------------------
+
+
+def demo_stack() -> AirflowStack:
+    home = Path(os.environ.get("EXPORT_TX_DEMO_HOME", REPO / ".airflow"))
+    return AirflowStack(home, port=int(os.environ.get("EXPORT_TX_DEMO_PORT", "8080")))
+
+
+def _step(name: str) -> None:
+    print(f"==> {name}", flush=True)
+
+
+def run_demo(rows: int) -> int:
+    """Set up (or reuse) the embedded stack, export the whole demo table, print the result."""
+    from export_tx.demo import generate_demo_sqlite
+
+    stack = demo_stack()
+    env = stack.env()
+    os.environ.update({k: v for k, v in env.items() if k.startswith(("AIRFLOW", "EXPORT_TX"))})
+    from export_tx.settings import get_settings
+
+    cfg = get_settings()
+    step = "generating the demo source"
+    try:
+        _step(f"{step}: {rows:,} rows in {cfg.demo_db_path}")
+        t0 = time.monotonic()
+        generate_demo_sqlite(cfg.demo_db_path, rows)
+        print(f"    ready in {time.monotonic() - t0:.1f} s")
+        step = "preparing the Airflow metadata database"
+        _step(f"{step} in {stack.home}")
+        stack.migrate()
+        step = "starting the Airflow stack"
+        running = stack.running_pids()
+        what = "reusing " + ", ".join(running) if running else ", ".join(COMPONENTS)
+        _step(f"{step} ({what})")
+        stack.start()
+        stack.wait_ready()
+        step = "triggering the export through Airflow's stable REST API"
+        _step(step)
+        with stack.client("admin") as client:
+            run = stack.trigger(client, {"definition": "demo_orders", "params": {}})
+            run_id = run["dag_run_id"]
+            print(f"    token (dag_run_id): {run_id}")
+            step = "following the transaction header"
+            _step(step)
+            header = _follow(run_id)
+        _summary(stack, header)
+        return 0 if header.state.value == "SUCCEEDED" else 1
+    except Exception as exc:  # the demo explains which step failed and why
+        print(f"\nmake demo failed while {step}: {exc}", file=sys.stderr)
+        print(f"Component logs are in {stack.home / 'logs'}.", file=sys.stderr)
+        return 1
+
+
+def _follow(run_id: str, timeout: float = 1800) -> Any:
+    from export_tx.store import HeaderStore
+
+    store = HeaderStore.from_settings()
+    deadline = time.monotonic() + timeout
+    last = ""
+    seen = 0
+    while time.monotonic() < deadline:
+        header = store.find(run_id)
+        if header is not None:
+            for event in store.events(run_id, after_id=seen):
+                seen = event.id
+                if event.kind != "batch":
+                    print(f"    [{event.at:%H:%M:%S}] {event.message}", flush=True)
+            total = header.batches_total
+            line = (
+                f"    {header.state.value:<9} batches {header.batches_done}/{total if total is not None else '?'}"
+                f"  rows {header.rows_written:,}"
+            )
+            if line != last:
+                print(line, flush=True)
+                last = line
+            if header.terminal:
+                return header
+        time.sleep(1)
+    raise StackError(f"the export did not finish within {timeout:.0f} s")
+
+
+def _summary(stack: AirflowStack, header: Any) -> None:
+    print()
+    print(f"token      {header.id}")
+    print(f"state      {header.state.value}")
+    if header.error:
+        print(f"error      {header.error}")
+    if header.result_uri:
+        print(f"file       {header.result_uri.removeprefix('file://')}")
+        print(f"rows       {header.result_rows:,}")
+        print(f"bytes      {header.result_bytes:,}")
+        print(f"sha256     {header.result_sha256}")
+    passwords = stack.passwords()
+    print(f"Airflow UI http://localhost:{stack.port}  (login admin / {passwords.get('admin')})")
+    others = ", ".join(f"{u} / {p}" for u, p in passwords.items() if u != "admin")
+    if others:
+        print(f"           other users: {others}")
+    print(f"passwords  {stack.passwords_file}")
+    print("The stack keeps running; 'make down' stops it.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = args[0] if args else "demo"
+    if command == "demo":
+        return run_demo(int(os.environ.get("DEMO_ROWS", "1000000")))
+    if command == "down":
+        stack = demo_stack()
+        if not stack.running_pids():
+            print("the demo stack is not running")
+        stack.stop()
+        print("stopped")
+        return 0
+    print("usage: python -m export_tx.devstack [demo|down]", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
