@@ -1,0 +1,96 @@
+"""Test session setup: an isolated Airflow home and header store, before Airflow is imported.
+
+Layers: ``unit`` (pure functions), ``component`` (the header store and sources against real
+SQLite and PostgreSQL), ``dag`` (whole runs with ``dag.test(logical_date=None)``) and ``e2e``
+(a real Airflow stack, started once per session and shared).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="export-tx-tests-"))
+
+# Airflow reads its configuration when first imported: set it before any test imports it.
+os.environ.update(
+    {
+        "AIRFLOW_HOME": str(_SESSION_DIR / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "EXPORT_TX_STORE_URL": f"sqlite:///{_SESSION_DIR / 'store.db'}",
+        "EXPORT_TX_STORAGE_URI": f"file://{_SESSION_DIR / 'exports'}",
+        "EXPORT_TX_DEMO_DB": str(_SESSION_DIR / "demo_source.db"),
+        "EXPORT_TX_RETRY_DELAY_SECONDS": "0.5",
+    }
+)
+os.environ.pop("EXPORT_TX_STORE_CONN_ID", None)
+
+PG_ADMIN_DSN = os.environ.get("EXPORT_TX_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+DEMO_ROWS = 20_000
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(_SESSION_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def session_dir() -> Path:
+    return _SESSION_DIR
+
+
+@pytest.fixture(scope="session")
+def demo_db(session_dir: Path) -> Path:
+    from export_tx.demo import generate_demo_sqlite
+
+    path = Path(os.environ["EXPORT_TX_DEMO_DB"])
+    generate_demo_sqlite(path, DEMO_ROWS)
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A fresh database on the machine's real PostgreSQL, dropped after the session."""
+    import psycopg
+
+    name = f"export_tx_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    dsn = PG_ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield dsn
+    finally:
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_orders(pg_database: str) -> str:
+    """The ``orders`` source table in PostgreSQL, reachable as Airflow connection export_source_pg."""
+    from export_tx.demo import generate_orders_pg
+
+    generate_orders_pg(pg_database, 30_000, "orders")
+    os.environ["AIRFLOW_CONN_EXPORT_SOURCE_PG"] = pg_database
+    return pg_database
+
+
+@pytest.fixture(scope="session")
+def airflow_db(session_dir: Path) -> Path:
+    """A migrated Airflow metadata database (SQLite) for dag.test()."""
+    home = Path(os.environ["AIRFLOW_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    airflow = Path(sys.executable).parent / "airflow"
+    result = subprocess.run([str(airflow), "db", "migrate"], capture_output=True, text=True, env=os.environ.copy())
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return home

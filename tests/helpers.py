@@ -1,0 +1,69 @@
+"""Shared test helpers: run the DAG in-process and read results back independently."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from export_tx.store import HeaderStore
+
+DEMO_COLUMNS = (
+    "order_id, customer_id, customer_email, status, amount, currency, quantity, product_sku, country, "
+    "created_at, updated_at, note"
+)
+
+
+@cache
+def export_dag() -> Any:
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(Path(__file__).resolve().parents[1] / "dags"))
+    assert not bag.import_errors, bag.import_errors
+    return bag.dags["export_transaction"]
+
+
+def run_export(conf: dict[str, Any]) -> Any:
+    """One whole run with ``dag.test(logical_date=None)``, as UI and REST runs have no logical date."""
+    return export_dag().test(logical_date=None, run_conf=conf)
+
+
+def local_path(uri: str) -> Path:
+    assert uri.startswith("file://"), uri
+    return Path(uri.removeprefix("file://"))
+
+
+def read_result(uri: str) -> list[tuple[Any, ...]]:
+    table = pq.read_table(local_path(uri))
+    return [tuple(row.values()) for row in table.to_pylist()]
+
+
+def rows_digest(rows: list[tuple[Any, ...]]) -> str:
+    return hashlib.sha256(repr(rows).encode()).hexdigest()
+
+
+def demo_source_rows(db: Path, where: str = "1 = 1", args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """The demo rows straight from SQLite (stdlib driver, not the product's ADBC path)."""
+    from datetime import datetime
+
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(f"SELECT {DEMO_COLUMNS} FROM demo_orders WHERE {where} ORDER BY order_id", args).fetchall()
+    out = []
+    for r in rows:
+        r = list(r)
+        r[9] = datetime.fromisoformat(r[9])
+        r[10] = datetime.fromisoformat(r[10])
+        out.append(tuple(r))
+    return out
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def store() -> HeaderStore:
+    return HeaderStore.from_settings()

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import pytest
+
+from export_tx.planning import batches_from_starts, choose_batch_size
+from export_tx.store import PlannedBatch
+
+
+@pytest.mark.parametrize(
+    ("total", "requested", "max_batches", "expected"),
+    [
+        (0, 1000, 200, 1000),
+        (999, 1000, 200, 1000),
+        (200_000, 1000, 200, 1000),  # exactly at the limit
+        (200_001, 1000, 200, 1001),  # one row over: grown just enough
+        (10_000_000, 1000, 200, 50_000),
+        (5_000_000, 250_000, 200, 250_000),
+        (1_000_000_000, 250_000, 200, 5_000_000),
+    ],
+)
+def test_choose_batch_size(total: int, requested: int, max_batches: int, expected: int) -> None:
+    size = choose_batch_size(total, requested, max_batches)
+    assert size == expected
+    if total:
+        assert -(-total // size) <= max_batches
+
+
+@pytest.mark.parametrize(
+    ("starts", "total", "expected"),
+    [
+        ([], 0, []),
+        ([(7, 1)], 5, [PlannedBatch(1, 7, None, 5)]),
+        (
+            [(1, 1), (100, 4), (10_000, 7)],
+            8,
+            [PlannedBatch(1, 1, 100, 3), PlannedBatch(2, 100, 10_000, 3), PlannedBatch(3, 10_000, None, 2)],
+        ),
+        # A repeated key never straddles two batches: its rows stay in one range.
+        (
+            [(1, 1), (5, 3), (5, 5), (9, 7)],
+            8,
+            [PlannedBatch(1, 1, 5, 2), PlannedBatch(2, 5, 9, 4), PlannedBatch(3, 9, None, 2)],
+        ),
+        # Text keys work the same way.
+        ([("a", 1), ("m", 3)], 4, [PlannedBatch(1, "a", "m", 2), PlannedBatch(2, "m", None, 2)]),
+    ],
+)
+def test_batches_from_starts(starts: list[tuple[object, int]], total: int, expected: list[PlannedBatch]) -> None:
+    plan = batches_from_starts(starts, total)
+    assert plan == expected
+    assert sum(b.planned_rows for b in plan) == total
+    # Ranges are contiguous and half-open: each batch starts where the previous ended.
+    for before, after in zip(plan, plan[1:], strict=False):
+        assert before.hi == after.lo

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import pytest
+
+from export_tx.states import ACTIVE, TERMINAL, IllegalTransition, State, allowed, check, sources_of
+
+S = State
+# (from, to, legal) — the design doc's state machine, exhaustively for the interesting pairs.
+TABLE = [
+    (S.REQUESTED, S.RUNNING, True),
+    (S.RUNNING, S.MERGING, True),
+    (S.MERGING, S.SUCCEEDED, True),
+    (S.SUCCEEDED, S.EXPIRED, True),
+    (S.REQUESTED, S.FAILED, True),
+    (S.RUNNING, S.FAILED, True),
+    (S.MERGING, S.FAILED, True),
+    (S.REQUESTED, S.CANCELLED, True),
+    (S.RUNNING, S.CANCELLED, True),
+    (S.MERGING, S.CANCELLED, True),
+    (S.REQUESTED, S.MERGING, False),
+    (S.REQUESTED, S.SUCCEEDED, False),
+    (S.RUNNING, S.SUCCEEDED, False),
+    (S.RUNNING, S.REQUESTED, False),
+    (S.MERGING, S.RUNNING, False),
+    (S.SUCCEEDED, S.FAILED, False),
+    (S.SUCCEEDED, S.CANCELLED, False),
+    (S.SUCCEEDED, S.RUNNING, False),
+    (S.FAILED, S.RUNNING, False),
+    (S.FAILED, S.CANCELLED, False),
+    (S.FAILED, S.SUCCEEDED, False),
+    (S.CANCELLED, S.FAILED, False),
+    (S.CANCELLED, S.RUNNING, False),
+    (S.EXPIRED, S.SUCCEEDED, False),
+    (S.FAILED, S.EXPIRED, False),
+    (S.RUNNING, S.RUNNING, False),
+]
+
+
+@pytest.mark.parametrize(("current", "target", "legal"), TABLE)
+def test_transition_table(current: State, target: State, legal: bool) -> None:
+    assert allowed(current, target) is legal
+    if legal:
+        check(current, target)
+    else:
+        with pytest.raises(IllegalTransition, match=f"{current.value}.*{target.value}"):
+            check(current, target)
+
+
+def test_terminal_states_never_change_except_expiry() -> None:
+    for current in TERMINAL:
+        reachable = {t for t in State if allowed(current, t)}
+        assert reachable == ({S.EXPIRED} if current == S.SUCCEEDED else set())
+
+
+def test_every_active_state_can_fail_or_be_cancelled() -> None:
+    assert sources_of(S.FAILED) == ACTIVE
+    assert sources_of(S.CANCELLED) == ACTIVE
+    assert sources_of(S.SUCCEEDED) == {S.MERGING}
