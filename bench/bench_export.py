@@ -6,13 +6,15 @@ What is measured (every figure comes from the same run, on the same source table
   (user postgres, trust auth), generated server-side by :func:`export_tx.demo.generate_orders_pg`
   with ``--rows`` / ``BENCH_ROWS`` rows (default 5,000,000). It is reused when it already holds
   exactly that many rows; a freshly generated table is VACUUMed so no contender pays for hint bits.
-* **naive** (own subprocess): ``pandas.read_sql`` (SQLAlchemy + psycopg 3) of the ``orders``
-  definition's query with every param unset, e-mails masked with ``Series.str.replace`` (same
-  regex as the definition), then ``DataFrame.to_parquet`` with pandas' defaults.
+* **naive** (own subprocess): ``pandas.read_sql`` (SQLAlchemy + psycopg 3) of what the ``orders``
+  definition selects with every param unset (``SELECT <its columns> FROM orders ORDER BY order_id``),
+  e-mails masked with ``Series.str.replace`` (the definition's regex), then ``DataFrame.to_parquet``
+  with pandas' defaults (snappy).
 * **adbc** (own subprocess): the best single-process way we know: the ADBC PostgreSQL driver streams
-  record batches of the same query straight into a ``pyarrow.parquet.ParquetWriter`` (zstd, ~1M-row
-  row groups), each batch conformed to the definition's declared schema (``amount`` as
-  decimal128(12,2)) and masked by the definition's own transform, the work the product does per row.
+  record batches of the same query (COPY, no bound parameters) straight into a
+  ``pyarrow.parquet.ParquetWriter`` (zstd, ~1M-row row groups), each batch conformed to the
+  definition's declared schema (``amount`` as decimal128(12,2)) and masked by the definition's own
+  transform: the work the product does per row. This is the reference for the time ratios.
 * **product**: a fresh Airflow stack (api-server, scheduler, dag-processor, triggerer; LocalExecutor,
   SQLite metadata) in a temporary home on its own port, with the source as connection
   ``export_source_pg``, the header store in SQLite and the exports in a local folder. Timed from just
@@ -100,13 +102,20 @@ class Result:
 # -- the query every contender runs --------------------------------------------------------
 
 
-def source_query() -> tuple[str, dict[str, Any]]:
-    """The ``orders`` definition's SQL in key order, and its params (all unset: bound NULL)."""
+def source_query() -> str:
+    """What the ``orders`` definition selects with every param unset, in key order.
+
+    With its params unset the definition's WHERE clause is always true, so this plain query
+    returns the same rows. It binds no parameters on purpose: given bound parameters the ADBC
+    PostgreSQL driver cannot use COPY and materialises the whole result (libpq ``PGresult`` plus
+    one Arrow batch) before returning a single batch, which is not the best a single process can do.
+    """
     from export_tx import registry
 
     definition = registry.get(DEFINITION)
-    sql = f"SELECT * FROM ({definition.sql}) AS src ORDER BY {definition.key_column}"
-    return sql, definition.bind_values({})
+    assert definition.schema is not None, "the orders definition declares its schema"
+    columns = ", ".join(definition.schema().names)
+    return f"SELECT {columns} FROM {SOURCE_TABLE} ORDER BY {definition.key_column}"
 
 
 # -- baselines (each runs in its own subprocess) -------------------------------------------
@@ -116,10 +125,9 @@ def run_naive(out: Path) -> int:
     import pandas as pd
     import sqlalchemy as sa
 
-    sql, params = source_query()
     engine = sa.create_engine(SOURCE_DSN.replace("postgresql://", "postgresql+psycopg://", 1))
     try:
-        frame = pd.read_sql(sa.text(sql), engine, params=params)
+        frame = pd.read_sql(sa.text(source_query()), engine)
     finally:
         engine.dispose()
     # Same masking as the definition's transform: ana.lopez@example.com -> a***@example.com.
@@ -137,19 +145,16 @@ def run_adbc(out: Path) -> int:
     from export_tx.definitions.orders import mask_email
     from export_tx.parquet_io import COMPRESSION, conform
     from export_tx.settings import ROW_GROUP_ROWS
-    from export_tx.sources import bind_batch, to_positional
 
     definition = registry.get(DEFINITION)
     assert definition.schema is not None, "the orders definition declares its schema"
     schema = definition.schema()
-    sql, params = source_query()
-    text, values = to_positional(sql, "postgresql", params)
 
     rows = 0
     buffered: list[pa.RecordBatch] = []
     buffered_rows = 0
     with pg_dbapi.connect(SOURCE_DSN) as conn, conn.cursor() as cur:
-        cur.execute(text, bind_batch(values))
+        cur.execute(source_query())
         reader = cur.fetch_record_batch()
         with pq.ParquetWriter(out, schema, compression=COMPRESSION) as writer:
             for batch in reader:
@@ -274,7 +279,7 @@ class StackSampler:
                 continue
             total += rss
             self.seen.add(proc.pid)
-            if title.startswith("airflow worker --"):  # the task process (see airflow.sdk task_runner)
+            if is_task_process(title):
                 previous = self.task_peaks.get(proc.pid, (0, title))[0]
                 self.task_peaks[proc.pid] = (max(previous, rss), title)
         self.peak_total = max(self.peak_total, total)
@@ -296,6 +301,26 @@ class StackSampler:
 
     def largest_task(self) -> tuple[int, str]:
         return max(self.task_peaks.values(), default=(0, ""))
+
+
+def is_task_process(title: str) -> bool:
+    """The process running a task's code: ``airflow worker -- <ti id>`` (airflow.sdk's task runner),
+    not an executor worker (``airflow worker -- LocalExecutor: …``) nor a supervisor."""
+    return title.startswith("airflow worker --") and "LocalExecutor" not in title
+
+
+def other_airflow_processes(exclude: set[int] | frozenset[int] = frozenset()) -> list[str]:
+    """Airflow processes on this machine that are not ours (someone else's stack disturbs the figures)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+        if proc.info["pid"] in exclude:
+            continue
+        title = " ".join(proc.info["cmdline"] or [])
+        if proc.info["status"] != psutil.STATUS_ZOMBIE and ("airflow " in title or "bin/airflow" in title):
+            found.append(f"{proc.info['pid']} {title[:100]}")
+    return found
 
 
 def free_port(preferred: int) -> int:
@@ -353,6 +378,7 @@ def run_product(expected_rows: int, batch_size: int, port: int) -> Result:
             finally:
                 sampler.stop()
                 stack_pids = set(sampler.seen)
+        others_after = other_airflow_processes(exclude=stack_pids | leaders)
         if header.state != State.SUCCEEDED:
             raise BenchError(f"the product's export ended {header.state.value}: {header.error}")
         if header.result_rows != expected_rows:
@@ -377,6 +403,7 @@ def run_product(expected_rows: int, batch_size: int, port: int) -> Result:
             "largest_task_title": task_title,
             "task_processes_seen": len(sampler.task_peaks),
             "rss_samples": sampler.samples,
+            "other_airflow_processes_after": others_after,
             "events": [
                 {"s": round((e.at - header.created_at).total_seconds(), 3), "kind": e.kind, "message": e.message}
                 for e in events
@@ -555,14 +582,27 @@ def main(argv: list[str] | None = None) -> int:
     print(f"    {'reused the existing table' if reused else 'generated'}: {count:,} rows", flush=True)
 
     results: list[Result] = []
+    disturbed: list[str] = []
     try:
-        for kind in BASELINES:
-            step(f"{LABELS[kind]} (subprocess)")
-            results.append(run_baseline(kind, count))
-            print(f"    {results[-1].wall_s:.2f} s", flush=True)
-        step(LABELS["product"])
-        results.append(run_product(count, batch_size, free_port(args.port)))
-        print(f"    {results[-1].wall_s:.2f} s", flush=True)
+        for kind in (*BASELINES, "product"):
+            step(LABELS[kind] + (" (subprocess)" if kind in BASELINES else ""))
+            others = other_airflow_processes()
+            if others:
+                disturbed.append(kind)
+                print(f"    WARNING: {len(others)} other Airflow processes are running; figures will be disturbed")
+            load = os.getloadavg()[0]
+            if kind == "product":
+                result = run_product(count, batch_size, free_port(args.port))
+            else:
+                result = run_baseline(kind, count)
+            if kind in BASELINES:
+                result.details["other_airflow_processes_after"] = other_airflow_processes()
+            result.details.update({"load_1min_before": load, "other_airflow_processes_before": others})
+            if result.details["other_airflow_processes_after"] and kind not in disturbed:
+                disturbed.append(kind)
+                print("    WARNING: other Airflow processes started during this measurement")
+            results.append(result)
+            print(f"    {result.wall_s:.2f} s", flush=True)
     except BenchError as exc:
         print(f"\nbenchmark aborted: {exc}", file=sys.stderr)
         return 1
@@ -578,6 +618,8 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     reference = next(r for r in results if r.contender == REFERENCE)
+    if disturbed:
+        print(f"WARNING: other Airflow processes ran during {', '.join(disturbed)}; rerun on a quiet machine")
     RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
     document = {
         "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
