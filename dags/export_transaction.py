@@ -9,8 +9,11 @@ definition and its parameters; the run then
 3. **export_batch** (one mapped task per batch) — streams the batch's rows as Arrow into a Parquet part;
 4. **merge_parts** — merges the parts in order into one Parquet file, checks every row is there and
    publishes it atomically; the header becomes `SUCCEEDED` with rows, bytes and sha256;
-5. **finalize_transaction** — runs after the others; skipped when the export succeeded, otherwise it ends
-   the header `FAILED` with the message of the step that failed and removes the parts.
+5. **wait_for_download_or_delay** — a deferrable sensor: waits `notify_delay_minutes` in the triggerer,
+   ending early (and skipping the mail) as soon as the file is downloaded;
+6. **notify_requester** — the smtp provider's EmailOperator mails the download link to `notify_email`;
+7. **finalize_transaction** — runs after the others; skipped when the export succeeded, otherwise it ends
+   the header `FAILED` with the message of the step that failed, removes the parts and mails the failure.
 
 Progress and the processing log are in the transaction header store (`export_header`, `export_event`).
 """
@@ -24,6 +27,7 @@ from typing import Any
 from airflow.sdk import TriggerRule, dag, get_current_context, task
 
 from export_tx.dag_params import build_params
+from export_tx.notify import NotifyRequesterOperator, WaitForDownloadOrDelaySensor
 from export_tx.settings import DAG_ID
 
 RETRY_DELAY = timedelta(seconds=float(os.environ.get("EXPORT_TX_RETRY_DELAY_SECONDS", "30")))
@@ -90,6 +94,8 @@ def finalize_transaction() -> None:
 
     context = get_current_context()
     outcome = pipeline.finalize(_store(), context["run_id"])
+    if outcome.closed:
+        raise AirflowSkipException(outcome.message)
     if outcome.succeeded:
         raise AirflowSkipException("the export succeeded")
     raise AirflowFailException(outcome.message)
@@ -110,8 +116,11 @@ def export_transaction() -> None:
     batch_nos = plan_batches()
     parts = export_batch.expand(batch_no=batch_nos)
     merged = merge_parts()
-    begun >> batch_nos >> parts >> merged
-    [begun, batch_nos, parts, merged] >> finalize_transaction()
+    waited = WaitForDownloadOrDelaySensor(task_id="wait_for_download_or_delay", retries=2)
+    mailed = NotifyRequesterOperator(task_id="notify_requester", retries=2)
+    begun >> batch_nos >> parts >> merged >> waited >> mailed
+    # The only leaf: the run's state follows the export's, never the e-mail's.
+    [begun, batch_nos, parts, merged, waited, mailed] >> finalize_transaction()
 
 
 export_transaction()

@@ -35,3 +35,7 @@ class TooManyRows(ExportError):
 
 class IntegrityError(ExportError):
     """The data did not add up (e.g. merged rows differ from the batches' rows)."""
+
+
+class TransactionClosed(ExportError):
+    """The transaction already ended (e.g. cancelled): the step has nothing left to do."""

@@ -15,13 +15,13 @@ from datetime import timedelta
 from typing import Any
 
 from export_tx import registry, storage
-from export_tx.errors import ExportError, IntegrityError, RequestInvalid
+from export_tx.errors import IntegrityError, RequestInvalid, TransactionClosed
 from export_tx.parquet_io import copy_row_groups, output_schema, processed, schema_description, write_parquet
 from export_tx.planning import batch_sql, plan_export
 from export_tx.request import ExportRequest, parse_request
 from export_tx.settings import BATCH_SIZE_DEFAULT, DAG_ID, NOTIFY_DELAY_DEFAULT, get_settings
 from export_tx.sources import stream
-from export_tx.states import State
+from export_tx.states import IllegalTransition, State
 from export_tx.store import Header, HeaderStore, utcnow
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def begin(store: HeaderStore, tx_id: str, conf: dict[str, Any], requested_by: st
         store.fail(tx_id, str(invalid))
         raise invalid
     if header.terminal:
-        raise ExportError(f"transaction {tx_id} is already {header.state.value}")
+        raise TransactionClosed(f"the transaction is already {header.state.value}")
     store.transition(tx_id, State.RUNNING, f"run started by {requested_by}")
     return store.get(tx_id)
 
@@ -122,6 +122,10 @@ def export_batch(store: HeaderStore, tx_id: str, batch_no: int) -> BatchResult:
             sink.close()
     duration = time.monotonic() - started
     store.record_batch(tx_id, batch_no, rows=rows, nbytes=sink.bytes, part_uri=str(target), duration_s=duration)
+    if store.get(tx_id).terminal:
+        # Cancelled while this batch ran: its part would outlive the cleanup.
+        storage.remove(target)
+        raise TransactionClosed("the transaction ended while this batch ran; its part was removed")
     log.info("batch %s attempt %s: %s rows, %s bytes in %.2f s", batch_no, attempt, rows, sink.bytes, duration)
     return BatchResult(batch_no, rows, sink.bytes, str(target), duration)
 
@@ -179,18 +183,24 @@ def merge(store: HeaderStore, tx_id: str) -> MergeResult:
         )
     storage.publish(tmp, final)
     finished = utcnow()
-    store.transition(
-        tx_id,
-        State.SUCCEEDED,
-        f"{expected:,} rows, {sink.bytes:,} bytes published in {time.monotonic() - started:.2f} s",
-        data={"rows": expected, "bytes": sink.bytes, "sha256": sink.sha256},
-        result_uri=str(final),
-        result_rows=expected,
-        result_bytes=sink.bytes,
-        result_sha256=sink.sha256,
-        result_schema=schema_description(schema),
-        expires_at=finished + timedelta(days=definition.retention_days),
-    )
+    try:
+        store.transition(
+            tx_id,
+            State.SUCCEEDED,
+            f"{expected:,} rows, {sink.bytes:,} bytes published in {time.monotonic() - started:.2f} s",
+            data={"rows": expected, "bytes": sink.bytes, "sha256": sink.sha256},
+            result_uri=str(final),
+            result_rows=expected,
+            result_bytes=sink.bytes,
+            result_sha256=sink.sha256,
+            result_schema=schema_description(schema),
+            expires_at=finished + timedelta(days=definition.retention_days),
+        )
+    except IllegalTransition as exc:
+        # Cancelled during the merge: the file must not outlive the transaction.
+        storage.remove(final)
+        storage.remove_tree(storage.parts_dir(tx_id))
+        raise TransactionClosed(f"the transaction ended during the merge ({exc}); the file was removed") from exc
     if storage.remove_tree(storage.parts_dir(tx_id)):
         store.add_event(tx_id, "cleanup", f"removed {len(plan)} parts")
     return MergeResult(str(final), expected, sink.bytes, sink.sha256)
@@ -224,6 +234,8 @@ def _empty_schema(definition: Any, params: dict[str, Any]) -> Any:
 class Outcome:
     succeeded: bool
     message: str
+    #: Ended otherwise (cancelled): nothing for this task to do.
+    closed: bool = False
 
 
 def finalize(store: HeaderStore, tx_id: str) -> Outcome:
@@ -241,6 +253,8 @@ def finalize(store: HeaderStore, tx_id: str) -> Outcome:
         )
     if header.state == State.SUCCEEDED:
         return Outcome(True, "succeeded")
+    if header.state == State.CANCELLED:
+        return Outcome(False, "the export was cancelled", closed=True)
     last = store.last_event(tx_id, "error")
     message = (
         last.message if last is not None else ("a step of the export failed; the Airflow task log has the details")
@@ -250,11 +264,15 @@ def finalize(store: HeaderStore, tx_id: str) -> Outcome:
         store.add_event(tx_id, "cleanup", "removed the parts of the unfinished export")
     storage.remove(storage.temp_result_path(tx_id, header.definition))
     final = store.get(tx_id)
+    if final.state == State.FAILED:
+        from export_tx.notify import send_failure_email
+
+        send_failure_email(store, final)
     return Outcome(False, final.error or f"the export ended {final.state.value}")
 
 
 def _active(store: HeaderStore, tx_id: str) -> Header:
     header = store.get(tx_id)
     if header.terminal:
-        raise ExportError(f"transaction is {header.state.value}; no further work is done")
+        raise TransactionClosed(f"the transaction is {header.state.value}; no further work is done")
     return header

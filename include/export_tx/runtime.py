@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from export_tx.errors import ExportError
+from export_tx.errors import ExportError, TransactionClosed
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +40,12 @@ def reporting(store: Any, tx_id: str, what: str, context: Any) -> Iterator[None]
     retries. Anything else is retried by Airflow; each failed attempt is logged, and the last
     one is logged as the error the FAILED header will show.
     """
-    from airflow.sdk.exceptions import AirflowFailException
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
     try:
         yield
+    except TransactionClosed as exc:
+        raise AirflowSkipException(str(exc)) from exc
     except Exception as exc:
         ti = context.get("ti")
         try_number = int(getattr(ti, "try_number", 1) or 1)

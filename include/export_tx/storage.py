@@ -109,3 +109,36 @@ class HashingWriter:
     @property
     def sha256(self) -> str:
         return self._sha.hexdigest()
+
+
+def local_file(uri: str) -> str | None:
+    """The local path of a ``file://`` result, or None for object storage."""
+    return uri.removeprefix("file://") if uri.startswith("file://") else None
+
+
+def presigned_url(uri: str, filename: str, expires_in: int = 300) -> str:
+    """A short-lived GET URL for an ``s3://[conn_id@]bucket/key`` result."""
+    from urllib.parse import urlsplit
+
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    parts = urlsplit(uri)
+    conn_id = parts.username or "aws_default"
+    bucket = parts.hostname or ""
+    key = parts.path.lstrip("/")
+    hook = S3Hook(aws_conn_id=conn_id)
+    return str(
+        hook.generate_presigned_url(
+            client_method="get_object",
+            params={
+                "Bucket": bucket,
+                "Key": key,
+                "ResponseContentDisposition": f'attachment; filename="{filename}"',
+                "ResponseContentType": PARQUET_MEDIA_TYPE,
+            },
+            expires_in=expires_in,
+        )
+    )
+
+
+PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"

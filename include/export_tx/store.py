@@ -332,6 +332,36 @@ class HeaderStore:
         except NotFound:
             return None
 
+    def find_by_idempotency_key(self, requested_by: str, key: str) -> Header | None:
+        query = sa.select(headers).where(headers.c.requested_by == requested_by, headers.c.idempotency_key == key)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        return None if row is None else Header.from_row(row)
+
+    def list_headers(
+        self,
+        *,
+        requested_by: str | None = None,
+        state: State | None = None,
+        definition: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[Header], int]:
+        """Headers newest first, filtered (``requested_by=None``: everyone's); and the total."""
+        conditions = []
+        if requested_by is not None:
+            conditions.append(headers.c.requested_by == requested_by)
+        if state is not None:
+            conditions.append(headers.c.state == state.value)
+        if definition is not None:
+            conditions.append(headers.c.definition == definition)
+        query = sa.select(headers).where(*conditions).order_by(headers.c.created_at.desc(), headers.c.id)
+        count = sa.select(sa.func.count()).select_from(headers).where(*conditions)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.limit(limit).offset(offset)).mappings().all()
+            total = int(conn.execute(count).scalar_one())
+        return [Header.from_row(r) for r in rows], total
+
     def transition(
         self, tx_id: str, target: State, message: str, *, data: dict[str, Any] | None = None, **values: Any
     ) -> bool:

@@ -1,0 +1,1 @@
+"""The ``/exports`` REST API (FastAPI), mounted into the Airflow api-server by a plugin."""

@@ -1,0 +1,58 @@
+"""What the API asks of Airflow itself. Runs inside the api-server, which owns the metadata
+database; these are the same internal calls its own REST routes make (pinned Airflow)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from export_tx.settings import DAG_ID
+
+
+def trigger_run(tx_id: str, conf: dict[str, Any], user_name: str) -> None:
+    """Create the run ``tx_id`` (no logical date), exactly like ``POST …/dagRuns``."""
+    from airflow.api.common.trigger_dag import trigger_dag
+    from airflow.utils.session import create_session
+    from airflow.utils.types import DagRunTriggeredByType
+
+    with create_session() as session:
+        trigger_dag(
+            DAG_ID,
+            triggered_by=DagRunTriggeredByType.REST_API,
+            triggering_user_name=user_name,
+            run_id=tx_id,
+            conf=conf,
+            logical_date=None,
+            session=session,
+        )
+
+
+def stop_run(tx_id: str) -> bool:
+    """Mark the run failed, like ``PATCH …/dagRuns/{id} {"state": "failed"}``: running task
+    instances are failed (their processes stop) and pending ones skipped."""
+    from airflow.api_fastapi.common.dagbag import get_dag_for_run
+    from airflow.api_fastapi.core_api.datamodels.dag_run import DagRunMutableStates
+    from airflow.api_fastapi.core_api.services.public.dag_run import patch_dag_run_state
+    from airflow.models.dagbag import DBDagBag
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState
+    from sqlalchemy import select
+
+    with create_session() as session:
+        dag_run = session.scalar(select(DagRun).where(DagRun.dag_id == DAG_ID, DagRun.run_id == tx_id))
+        if dag_run is None or dag_run.state in (DagRunState.SUCCESS, DagRunState.FAILED):
+            return False
+        dag = get_dag_for_run(DBDagBag(), dag_run, session=session)
+        patch_dag_run_state(dag=dag, dag_run=dag_run, state=DagRunMutableStates.FAILED, session=session)
+    return True
+
+
+def is_admin(user: Any) -> bool:
+    """Admins see every transaction. SimpleAuthManager: the ``admin`` role; other auth managers:
+    whoever may change Airflow's configuration."""
+    role = getattr(user, "role", None)
+    if role is not None:
+        return str(role).upper() == "ADMIN"
+    from airflow.api_fastapi.app import get_auth_manager
+
+    return bool(get_auth_manager().is_authorized_configuration(method="PUT", user=user))

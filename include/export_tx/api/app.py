@@ -1,0 +1,277 @@
+"""The ``/exports`` API: request, list, status, logs, cancel and download export transactions.
+
+Every route needs an authenticated Airflow user (bearer token or UI session cookie) and
+Airflow's permission on the ``export_transaction`` DAG's runs: reading needs GET (viewer),
+requesting and cancelling need POST/PUT (user). Non-admins only ever see their own
+transactions — anyone else's answer 404, exactly like a transaction that does not exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import exc as sa_exc
+
+from export_tx import registry, storage
+from export_tx.api import airflow_side, views
+from export_tx.api.views import PREFIX, ErrorBody, LogPage, Transaction, TransactionList
+from export_tx.control import cancel as cancel_transaction
+from export_tx.control import record_download
+from export_tx.errors import RequestInvalid
+from export_tx.request import parse_request
+from export_tx.settings import DAG_ID
+from export_tx.states import State
+from export_tx.store import Header as TxHeader
+from export_tx.store import HeaderStore
+
+try:  # Inside the api-server (pinned Airflow): its own authentication and authorisation.
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+    from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
+except ImportError as exc:  # pragma: no cover - the plugin only ever loads inside Airflow
+    raise ImportError("the /exports API runs inside the Airflow api-server") from exc
+
+RETRY_AFTER_SECONDS = 5
+STATIC = Path(__file__).with_name("static")
+
+app = FastAPI(
+    title="Export transactions",
+    version="1",
+    description="Asynchronous export transactions on Airflow: request → token → poll or e-mail → download.",
+)
+
+CanRead = Depends(requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=DAG_ID))
+CanRequest = Depends(requires_access_dag("POST", DagAccessEntity.RUN, param_dag_id=DAG_ID))
+CanCancel = Depends(requires_access_dag("PUT", DagAccessEntity.RUN, param_dag_id=DAG_ID))
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "not authenticated"},
+    403: {"model": ErrorBody, "description": "no permission on the export_transaction DAG"},
+}
+
+
+def get_store() -> HeaderStore:
+    return HeaderStore.from_settings()
+
+
+StoreDep = Annotated[HeaderStore, Depends(get_store)]
+
+
+class TransactionRequest(BaseModel):
+    """The run conf of the design doc. Values are checked by the same code the DAG runs."""
+
+    model_config = ConfigDict(extra="forbid")
+    definition: Any = None
+    params: Any = None
+    batch_size: Any = None
+    notify_email: Any = None
+    notify_delay_minutes: Any = None
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = []
+    malformed = False
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        if err.get("type") == "json_invalid":
+            malformed = True
+        field = ".".join(loc) or "body"
+        message = (
+            "unknown field; allowed: " + ", ".join(TransactionRequest.model_fields)
+            if err.get("type") == "extra_forbidden"
+            else str(err.get("msg"))
+        )
+        errors.append({"field": field, "message": message})
+    code = status.HTTP_400_BAD_REQUEST if malformed else status.HTTP_422_UNPROCESSABLE_CONTENT
+    detail = "the request body is not valid JSON" if malformed else "invalid request"
+    return JSONResponse({"detail": detail, "errors": errors}, status_code=code)
+
+
+def _visible(store: HeaderStore, tx_id: str, user: Any) -> TxHeader:
+    header = store.find(tx_id)
+    if header is None or not (airflow_side.is_admin(user) or header.requested_by == user.get_name()):
+        # Someone else's transaction is indistinguishable from a missing one.
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no transaction {tx_id!r}")
+    return header
+
+
+def _request_hash(conf: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(conf, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _new_tx_id() -> str:
+    return f"exp_{datetime.now(UTC):%Y%m%dT%H%M%S}_{secrets.token_hex(4)}"
+
+
+def _accepted(header: TxHeader, replayed: bool = False) -> JSONResponse:
+    body = views.transaction(header).model_dump(mode="json")
+    headers = {"Location": body["links"]["self"], "Retry-After": str(RETRY_AFTER_SECONDS)}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(body, status_code=status.HTTP_202_ACCEPTED, headers=headers)
+
+
+@app.get(f"{PREFIX}/definitions", dependencies=[CanRead], responses=ERRORS, tags=["definitions"])
+def list_definitions(user: GetUserDep) -> dict[str, list[dict[str, Any]]]:
+    """Every registered definition: name, description, parameter schema, limits."""
+    return {"definitions": [registry.get(name).describe() for name in registry.names()]}
+
+
+@app.post(
+    f"{PREFIX}/transactions",
+    dependencies=[CanRequest],
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Transaction,
+    responses={**ERRORS, 409: {"model": ErrorBody}, 422: {"model": ErrorBody}, 400: {"model": ErrorBody}},
+    tags=["transactions"],
+)
+def request_export(
+    body: TransactionRequest,
+    user: GetUserDep,
+    store: StoreDep,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> JSONResponse:
+    """Validate, record the header, start the Airflow run; answer 202 with the token at once."""
+    try:
+        request = parse_request(body.model_dump(exclude_none=True))
+    except RequestInvalid as exc:
+        errors = [e.as_dict() for e in exc.errors]
+        return JSONResponse({"detail": str(exc), "errors": errors}, status_code=422)
+    conf = request.as_conf()
+    digest = _request_hash(conf)
+    who = user.get_name()
+    if idempotency_key:
+        existing = store.find_by_idempotency_key(who, idempotency_key)
+        if existing is not None:
+            if existing.request_hash != digest:
+                raise HTTPException(status.HTTP_409_CONFLICT,
+                                    "this Idempotency-Key was already used with a different request")  # fmt: skip
+            return _accepted(existing, replayed=True)
+    tx_id = _new_tx_id()
+    try:
+        store.create(tx_id, requested_by=who, idempotency_key=idempotency_key, request_hash=digest, **conf)
+    except sa_exc.IntegrityError:
+        # Two identical requests raced on the same key: the other one created it.
+        existing = store.find_by_idempotency_key(who, idempotency_key) if idempotency_key else None
+        if existing is None:
+            raise
+        if existing.request_hash != digest:
+            raise HTTPException(status.HTTP_409_CONFLICT,
+                                "this Idempotency-Key was already used with a different request") from None  # fmt: skip
+        return _accepted(existing, replayed=True)
+    try:
+        airflow_side.trigger_run(tx_id, conf, who)
+    except Exception as exc:
+        store.fail(tx_id, f"the Airflow run could not be started ({type(exc).__name__}); try again later")
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the export could not be started") from exc
+    return _accepted(store.get(tx_id))
+
+
+@app.get(f"{PREFIX}/transactions", dependencies=[CanRead], responses=ERRORS, tags=["transactions"])
+def list_transactions(
+    user: GetUserDep,
+    store: StoreDep,
+    state: State | None = None,
+    definition: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> TransactionList:
+    """The caller's transactions, newest first (admins: everyone's)."""
+    requester = None if airflow_side.is_admin(user) else user.get_name()
+    found, total = store.list_headers(
+        requested_by=requester, state=state, definition=definition, limit=limit, offset=offset
+    )
+    return TransactionList(transactions=[views.transaction(h) for h in found], total_entries=total)
+
+
+@app.get(f"{PREFIX}/transactions/{{tx_id}}", dependencies=[CanRead], responses={**ERRORS, 404: {"model": ErrorBody}},
+         tags=["transactions"])  # fmt: skip
+def get_transaction(tx_id: str, user: GetUserDep, store: StoreDep) -> Transaction:
+    """The status record: state, live progress, result or error, notification, links."""
+    return views.transaction(_visible(store, tx_id, user))
+
+
+@app.get(f"{PREFIX}/transactions/{{tx_id}}/logs", dependencies=[CanRead],
+         responses={**ERRORS, 404: {"model": ErrorBody}}, tags=["transactions"])  # fmt: skip
+def get_logs(
+    tx_id: str,
+    user: GetUserDep,
+    store: StoreDep,
+    after: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> LogPage:
+    """The processing log, oldest first; page with ``after`` (the last event id seen)."""
+    _visible(store, tx_id, user)
+    events = store.events(tx_id, after_id=after, limit=limit)
+    next_after = events[-1].id if len(events) == limit else None
+    return LogPage(events=[views.log_event(e) for e in events], next_after=next_after)
+
+
+@app.post(f"{PREFIX}/transactions/{{tx_id}}/cancel", dependencies=[CanCancel], status_code=202,
+          responses={**ERRORS, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+          tags=["transactions"])  # fmt: skip
+def cancel(tx_id: str, user: GetUserDep, store: StoreDep) -> JSONResponse:
+    """Cancel a queued or running transaction: CANCELLED, the run stopped, parts removed, no e-mail."""
+    header = _visible(store, tx_id, user)
+    if header.terminal or not cancel_transaction(store, tx_id, user.get_name(), airflow_side.stop_run):
+        current = store.get(tx_id).state.value
+        message = f"the transaction is {current}; only a requested or running one can be cancelled"
+        raise HTTPException(status.HTTP_409_CONFLICT, message)
+    return JSONResponse(views.transaction(store.get(tx_id)).model_dump(mode="json"), status_code=202)
+
+
+@app.get(f"{PREFIX}/transactions/{{tx_id}}/download", dependencies=[CanRead],
+         responses={**ERRORS, 303: {"description": "redirect to a short-lived object-storage URL"},
+                    404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 410: {"model": ErrorBody}},
+         tags=["transactions"])  # fmt: skip
+def download(tx_id: str, user: GetUserDep, store: StoreDep) -> Any:
+    """The Parquet file (or a 303 to a short-lived URL on S3); records ``downloaded_at``."""
+    header = _visible(store, tx_id, user)
+    if header.state in (State.EXPIRED, State.CANCELLED):
+        raise HTTPException(status.HTTP_410_GONE, f"the transaction is {header.state.value}; its file is gone")
+    if header.state != State.SUCCEEDED or not header.result_uri:
+        hint = f": {header.error}" if header.error else "; poll the transaction until it is SUCCEEDED"
+        raise HTTPException(status.HTTP_409_CONFLICT, f"the transaction is {header.state.value}{hint}")
+    filename = f"{header.definition}-{storage.tx_folder_name(header.id)}.parquet"
+    path = storage.local_file(header.result_uri)
+    if path is not None:
+        if not Path(path).exists():
+            raise HTTPException(status.HTTP_410_GONE, "the file is no longer in storage")
+        record_download(store, tx_id, user.get_name())
+        return FileResponse(path, media_type=storage.PARQUET_MEDIA_TYPE, filename=filename)
+    url = storage.presigned_url(header.result_uri, filename)
+    record_download(store, tx_id, user.get_name())
+    return RedirectResponse(url, status_code=status.HTTP_303_SEE_OTHER)
+
+
+@app.get(f"{PREFIX}/me", dependencies=[CanRead], responses=ERRORS, tags=["definitions"])
+def me(user: GetUserDep) -> dict[str, Any]:
+    """Who the caller is and what they may do (the Exports page shows buttons accordingly)."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
+
+    manager = get_auth_manager()
+
+    def may(method: str) -> bool:
+        return bool(manager.is_authorized_dag(method=method, access_entity=DagAccessEntity.RUN,  # type: ignore[arg-type]
+                                              details=DagDetails(id=DAG_ID), user=user))  # fmt: skip
+
+    return {"user": user.get_name(), "admin": airflow_side.is_admin(user),
+            "can_request": may("POST"), "can_cancel": may("PUT")}  # fmt: skip
+
+
+@app.get("/ui", response_class=HTMLResponse, dependencies=[CanRead], include_in_schema=False)
+def exports_page(user: GetUserDep) -> HTMLResponse:
+    """The Exports page shown inside the Airflow UI (plugin external view)."""
+    page = (STATIC / "exports.html").read_text()
+    return HTMLResponse(page.replace("{{USER}}", quote(user.get_name())))

@@ -1,0 +1,153 @@
+"""The transaction resource as clients see it (design doc: REST contract)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+from pydantic import BaseModel, Field
+
+from export_tx.settings import DAG_ID
+from export_tx.store import Event, Header
+
+PREFIX = "/exports/v1"
+
+
+class Progress(BaseModel):
+    batches_total: int | None
+    batches_done: int
+    rows_written: int
+    percent: int
+
+
+class Result(BaseModel):
+    uri: str
+    rows: int
+    bytes: int
+    sha256: str
+    expires_at: datetime | None
+
+
+class Notification(BaseModel):
+    email: str | None
+    state: str
+    sent_at: datetime | None
+
+
+class Links(BaseModel):
+    self: str
+    logs: str
+    cancel: str
+    download: str
+    airflow: str
+
+
+class Transaction(BaseModel):
+    id: str
+    definition: str
+    params: dict[str, Any]
+    batch_size: int
+    state: str
+    requested_by: str
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    progress: Progress
+    result: Result | None
+    error: str | None
+    notification: Notification
+    downloaded_at: datetime | None
+    cancelled_by: str | None
+    links: Links
+
+
+class TransactionList(BaseModel):
+    transactions: list[Transaction]
+    total_entries: int
+
+
+class LogEvent(BaseModel):
+    id: int
+    at: datetime
+    kind: str
+    message: str
+    data: dict[str, Any] | None
+
+
+class LogPage(BaseModel):
+    events: list[LogEvent]
+    next_after: int | None = Field(description="pass as ?after= to get the next page; null at the end")
+
+
+class FieldErrorModel(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    detail: str
+    errors: list[FieldErrorModel] = []
+
+
+def percent(header: Header) -> int:
+    if header.state.value in ("SUCCEEDED", "EXPIRED"):
+        return 100
+    if not header.rows_planned:
+        return 0
+    # The merge is the last step: batches alone never show 100 %.
+    return min(99, int(99 * header.rows_written / header.rows_planned))
+
+
+def links(tx_id: str) -> Links:
+    base = f"{PREFIX}/transactions/{quote(tx_id, safe='')}"
+    return Links(
+        self=base,
+        logs=f"{base}/logs",
+        cancel=f"{base}/cancel",
+        download=f"{base}/download",
+        airflow=f"/dags/{DAG_ID}/runs/{quote(tx_id, safe='')}",
+    )
+
+
+def transaction(header: Header) -> Transaction:
+    result = None
+    if header.state.value == "SUCCEEDED" and header.result_uri:
+        result = Result(
+            uri=header.result_uri,
+            rows=header.result_rows or 0,
+            bytes=header.result_bytes or 0,
+            sha256=header.result_sha256 or "",
+            expires_at=header.expires_at,
+        )
+    return Transaction(
+        id=header.id,
+        definition=header.definition,
+        params=header.params,
+        batch_size=header.batch_size,
+        state=header.state.value,
+        requested_by=header.requested_by,
+        created_at=header.created_at,
+        updated_at=header.updated_at,
+        started_at=header.started_at,
+        finished_at=header.finished_at,
+        progress=Progress(
+            batches_total=header.batches_total,
+            batches_done=header.batches_done,
+            rows_written=header.rows_written,
+            percent=percent(header),
+        ),
+        result=result,
+        error=header.error,
+        notification=Notification(
+            email=header.notify_email, state=header.notification_state, sent_at=header.notification_sent_at
+        ),
+        downloaded_at=header.downloaded_at,
+        cancelled_by=header.cancelled_by,
+        links=links(header.id),
+    )
+
+
+def log_event(event: Event) -> LogEvent:
+    return LogEvent(id=event.id, at=event.at, kind=event.kind, message=event.message, data=event.data)

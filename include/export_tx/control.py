@@ -1,0 +1,66 @@
+"""Operations on a transaction from outside its run: cancel, record a download, close after
+Airflow ended the run. Used by the ``/exports`` API and the Airflow listener."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from export_tx import storage
+from export_tx.notify import PENDING, SKIPPED
+from export_tx.states import State
+from export_tx.store import Header, HeaderStore, utcnow
+
+log = logging.getLogger(__name__)
+
+
+def cleanup(store: HeaderStore, header: Header, why: str) -> None:
+    """Remove the parts and any temporary result of an ended transaction."""
+    removed = storage.remove_tree(storage.parts_dir(header.id))
+    storage.remove(storage.temp_result_path(header.id, header.definition))
+    if removed:
+        store.add_event(header.id, "cleanup", f"removed the parts ({why})")
+
+
+def cancel(store: HeaderStore, tx_id: str, actor: str, stop_run: Callable[[str], object]) -> bool:
+    """CANCELLED, then stop the Airflow run, then clean up. False if it had already ended."""
+    header = store.get(tx_id)
+    extra: dict[str, Any] = {"notification_state": SKIPPED} if header.notification_state == PENDING else {}
+    if not store.fail(tx_id, f"cancelled by {actor}", state=State.CANCELLED, cancelled_by=actor, **extra):
+        return False
+    try:
+        stop_run(tx_id)
+    except Exception:  # the header is the source of truth; tasks check it and stop themselves
+        log.exception("could not stop the Airflow run %s", tx_id)
+        store.add_event(tx_id, "error", "the Airflow run could not be stopped; its tasks will stop on their own")
+    cleanup(store, store.get(tx_id), "cancelled")
+    return True
+
+
+def record_download(store: HeaderStore, tx_id: str, actor: str) -> None:
+    header = store.get(tx_id)
+    if header.downloaded_at is None:
+        store.update(tx_id, downloaded_at=utcnow())
+    store.add_event(tx_id, "download", f"downloaded by {actor}")
+
+
+def close_after_run_failed(store: HeaderStore, tx_id: str, manual: bool) -> bool:
+    """Airflow ended the run failed while the header was still active.
+
+    Marked failed by hand (UI or REST ``PATCH … {"state": "failed"}``) → CANCELLED; otherwise
+    (e.g. a worker lost before the finalizing task ran) → FAILED. Either way: parts removed.
+    """
+    header = store.find(tx_id)
+    if header is None or header.terminal:
+        return False
+    extra: dict[str, Any] = {"notification_state": SKIPPED} if header.notification_state == PENDING else {}
+    if manual:
+        changed = store.fail(tx_id, "cancelled in Airflow: the run was marked failed", state=State.CANCELLED,
+                             cancelled_by="airflow", **extra)  # fmt: skip
+    else:
+        changed = store.fail(tx_id, "the Airflow run ended failed before the export finished; "
+                             "the Airflow task logs have the details", **extra)  # fmt: skip
+    if changed:
+        cleanup(store, store.get(tx_id), "run ended")
+    return changed
