@@ -35,7 +35,11 @@ source count, and for the product the header must be SUCCEEDED with ``result_row
 otherwise the benchmark aborts. Results are printed as a table and written to
 ``bench/results/latest.json``.
 
-    .venv/bin/python bench/bench_export.py [--rows N] [--batch-size N] [--port P]
+The machine may be shared: before each contender the benchmark waits (``--wait-quiet``, default
+600 s) until no other Airflow process runs, and it flags, in the output and the JSON, every
+contender that another Airflow stack may have disturbed.
+
+    .venv/bin/python bench/bench_export.py [--rows N] [--batch-size N] [--port P] [--wait-quiet S]
 """
 
 from __future__ import annotations
@@ -323,6 +327,18 @@ def other_airflow_processes(exclude: set[int] | frozenset[int] = frozenset()) ->
     return found
 
 
+def wait_until_quiet(timeout: float) -> list[str]:
+    """Wait up to ``timeout`` s until no other Airflow process runs; return those still running."""
+    deadline = time.monotonic() + timeout
+    others = other_airflow_processes()
+    if others:
+        print(f"    waiting up to {timeout:.0f} s for {len(others)} other Airflow processes to end", flush=True)
+    while others and time.monotonic() < deadline:
+        time.sleep(5)
+        others = other_airflow_processes()
+    return others
+
+
 def free_port(preferred: int) -> int:
     with socket.socket() as sock:
         try:
@@ -564,6 +580,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=int(os.environ.get("BENCH_ROWS") or DEFAULT_ROWS))
     parser.add_argument("--batch-size", type=int, default=int(os.environ.get("BENCH_BATCH_SIZE") or 0) or None)
     parser.add_argument("--port", type=int, default=int(os.environ.get("BENCH_PORT") or DEFAULT_PORT))
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=float(os.environ.get("BENCH_WAIT_QUIET") or 600),
+        help="seconds to wait, before each contender, for other Airflow processes on this machine to end",
+    )
     parser.add_argument("--baseline", choices=BASELINES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.baseline:
@@ -586,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for kind in (*BASELINES, "product"):
             step(LABELS[kind] + (" (subprocess)" if kind in BASELINES else ""))
-            others = other_airflow_processes()
+            others = wait_until_quiet(args.wait_quiet)
             if others:
                 disturbed.append(kind)
                 print(f"    WARNING: {len(others)} other Airflow processes are running; figures will be disturbed")

@@ -45,10 +45,10 @@ def build_params() -> dict[str, Any]:
         ),
         "notify_delay_minutes": Param(
             settings.NOTIFY_DELAY_DEFAULT,
-            type="integer",
+            type="number",
             minimum=0,
             maximum=settings.NOTIFY_DELAY_MAX,
             title="E-mail delay (minutes)",
-            description="How long to wait after the file is ready before e-mailing.",
+            description="How long to wait after the file is ready before e-mailing (fractions allowed: 0.5 = 30 s).",
         ),
     }

@@ -297,43 +297,19 @@ def run_demo(rows: int) -> int:
             run = stack.trigger(client, {"definition": "demo_orders", "params": {}})
             run_id = run["dag_run_id"]
             print(f"    token (dag_run_id): {run_id}")
-            step = "following the transaction header"
+            step = "following the transaction (export-tx status --wait)"
             _step(step)
-            header = _follow(run_id)
+            from export_tx.cli import follow
+            from export_tx.store import HeaderStore
+
+            follow(client, run_id)
+            header = HeaderStore.from_settings().get(run_id)
         _summary(stack, header)
         return 0 if header.state.value == "SUCCEEDED" else 1
     except Exception as exc:  # the demo explains which step failed and why
         print(f"\nmake demo failed while {step}: {exc}", file=sys.stderr)
         print(f"Component logs are in {stack.home / 'logs'}.", file=sys.stderr)
         return 1
-
-
-def _follow(run_id: str, timeout: float = 1800) -> Any:
-    from export_tx.store import HeaderStore
-
-    store = HeaderStore.from_settings()
-    deadline = time.monotonic() + timeout
-    last = ""
-    seen = 0
-    while time.monotonic() < deadline:
-        header = store.find(run_id)
-        if header is not None:
-            for event in store.events(run_id, after_id=seen):
-                seen = event.id
-                if event.kind != "batch":
-                    print(f"    [{event.at:%H:%M:%S}] {event.message}", flush=True)
-            total = header.batches_total
-            line = (
-                f"    {header.state.value:<9} batches {header.batches_done}/{total if total is not None else '?'}"
-                f"  rows {header.rows_written:,}"
-            )
-            if line != last:
-                print(line, flush=True)
-                last = line
-            if header.terminal:
-                return header
-        time.sleep(1)
-    raise StackError(f"the export did not finish within {timeout:.0f} s")
 
 
 def _summary(stack: AirflowStack, header: Any) -> None:
@@ -353,6 +329,7 @@ def _summary(stack: AirflowStack, header: Any) -> None:
     if others:
         print(f"           other users: {others}")
     print(f"passwords  {stack.passwords_file}")
+    print(f"API        http://localhost:{stack.port}/exports/v1/transactions/{header.id}  (export-tx status TOKEN)")
     print("The stack keeps running; 'make down' stops it.")
 
 

@@ -18,7 +18,7 @@ from export_tx import registry, storage
 from export_tx.errors import IntegrityError, RequestInvalid, TransactionClosed
 from export_tx.parquet_io import copy_row_groups, output_schema, processed, schema_description, write_parquet
 from export_tx.planning import batch_sql, plan_export
-from export_tx.request import ExportRequest, parse_request
+from export_tx.request import EMAIL, ExportRequest, parse_request
 from export_tx.settings import BATCH_SIZE_DEFAULT, DAG_ID, NOTIFY_DELAY_DEFAULT, get_settings
 from export_tx.sources import stream
 from export_tx.states import IllegalTransition, State
@@ -31,13 +31,15 @@ def _raw_header_fields(conf: dict[str, Any]) -> dict[str, Any]:
     """Best-effort header fields from an invalid conf, so the refusal is recorded somewhere."""
     batch_size = conf.get("batch_size")
     delay = conf.get("notify_delay_minutes")
+    email = conf.get("notify_email")
     return {
         "definition": str(conf.get("definition"))[:100],
         "params": conf.get("params") if isinstance(conf.get("params"), dict) else {},
         "batch_size": batch_size
         if isinstance(batch_size, int) and not isinstance(batch_size, bool)
         else BATCH_SIZE_DEFAULT,
-        "notify_email": None,
+        # Still tell the requester that (and why) the export was refused.
+        "notify_email": email if isinstance(email, str) and EMAIL.match(email) else None,
         "notify_delay_minutes": delay
         if isinstance(delay, int) and not isinstance(delay, bool)
         else NOTIFY_DELAY_DEFAULT,

@@ -9,7 +9,7 @@ from typing import Any
 from export_tx import registry, settings
 from export_tx.errors import FieldError, RequestInvalid
 
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 KNOWN_FIELDS = ("definition", "params", "batch_size", "notify_email", "notify_delay_minutes")
 
 
@@ -19,7 +19,7 @@ class ExportRequest:
     params: dict[str, Any]
     batch_size: int = settings.BATCH_SIZE_DEFAULT
     notify_email: str | None = None
-    notify_delay_minutes: int = settings.NOTIFY_DELAY_DEFAULT
+    notify_delay_minutes: float = settings.NOTIFY_DELAY_DEFAULT
 
     def as_conf(self) -> dict[str, Any]:
         return asdict(self)
@@ -34,6 +34,21 @@ def _int_field(conf: dict[str, Any], name: str, default: int, low: int, high: in
         return default
     if not low <= value <= high:
         errors.append(FieldError(name, f"{value:_} is out of range; allowed: {low:_} to {high:_}"))
+    return value
+
+
+def _number_field(
+    conf: dict[str, Any], name: str, default: float, low: float, high: float, errors: list[FieldError]
+) -> float:
+    """Minutes may be fractional (0.5 = 30 s)."""
+    value = conf.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        errors.append(FieldError(name, f"must be a number between {low:g} and {high:g}"))
+        return default
+    if not low <= value <= high:
+        errors.append(FieldError(name, f"{value:g} is out of range; allowed: {low:g} to {high:g}"))
     return value
 
 
@@ -56,13 +71,12 @@ def parse_request(conf: dict[str, Any] | None) -> ExportRequest:
     batch_size = _int_field(
         conf, "batch_size", settings.BATCH_SIZE_DEFAULT, settings.BATCH_SIZE_MIN, settings.BATCH_SIZE_MAX, errors
     )
-    delay = _int_field(
-        conf, "notify_delay_minutes", settings.NOTIFY_DELAY_DEFAULT, 0, settings.NOTIFY_DELAY_MAX, errors
-    )
+    delay = _number_field(conf, "notify_delay_minutes", settings.NOTIFY_DELAY_DEFAULT, 0, settings.NOTIFY_DELAY_MAX,
+                          errors)  # fmt: skip
     email: Any = conf.get("notify_email")
     if email in ("", None):
         email = None
-    elif not isinstance(email, str) or not _EMAIL.match(email):
+    elif not isinstance(email, str) or not EMAIL.match(email):
         errors.append(FieldError("notify_email", f"{email!r} is not an email address"))
 
     params: dict[str, Any] = {}

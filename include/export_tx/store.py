@@ -41,7 +41,7 @@ headers = sa.Table(
     sa.Column("idempotency_key", sa.String(250)),
     sa.Column("request_hash", sa.String(64)),
     sa.Column("notify_email", sa.String(320)),
-    sa.Column("notify_delay_minutes", sa.Integer, nullable=False),
+    sa.Column("notify_delay_minutes", sa.Float, nullable=False),
     sa.Column("notification_state", sa.String(30), nullable=False),
     sa.Column("notification_sent_at", _TS),
     sa.Column("batches_total", sa.Integer),
@@ -122,7 +122,7 @@ class Header:
     idempotency_key: str | None
     request_hash: str | None
     notify_email: str | None
-    notify_delay_minutes: int
+    notify_delay_minutes: float
     notification_state: str
     notification_sent_at: datetime | None
     batches_total: int | None
@@ -281,7 +281,7 @@ class HeaderStore:
         requested_by: str,
         dag_id: str = settings.DAG_ID,
         notify_email: str | None = None,
-        notify_delay_minutes: int = settings.NOTIFY_DELAY_DEFAULT,
+        notify_delay_minutes: float = settings.NOTIFY_DELAY_DEFAULT,
         idempotency_key: str | None = None,
         request_hash: str | None = None,
     ) -> tuple[Header, bool]:

@@ -55,9 +55,13 @@ def test_tasks_retry_and_are_verbs() -> None:
         "plan_batches",
         "export_batch",
         "merge_parts",
+        "wait_for_download_or_delay",
+        "notify_requester",
         "finalize_transaction",
     }
     for task in dag.tasks:
         assert task.retries >= 2, task.task_id
     assert dag.get_task("merge_parts").trigger_rule == "none_failed"
     assert dag.get_task("finalize_transaction").trigger_rule == "all_done"
+    # The run's state follows the export's: the finalizing task is the only leaf.
+    assert [t.task_id for t in dag.leaves] == ["finalize_transaction"]

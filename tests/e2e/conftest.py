@@ -1,24 +1,43 @@
 from __future__ import annotations
 
-import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from export_tx.devstack import AirflowStack
+from tests.smtp import SmtpServer, free_port
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+USERS = "admin:admin,analyst:user,viewer:viewer,bob:user"
 
 
 @pytest.fixture(scope="session")
-def stack(session_dir: Path, demo_db: Path) -> Iterator[AirflowStack]:
-    """One real Airflow stack (api-server, scheduler, dag-processor, triggerer) for the session."""
-    s = AirflowStack(session_dir / "stack", port=_free_port())
+def smtp() -> Iterator[SmtpServer]:
+    server = SmtpServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(session_dir: Path, demo_db: Path, smtp: SmtpServer) -> Iterator[AirflowStack]:
+    """One real Airflow stack (api-server with our plugin, scheduler, dag-processor, triggerer),
+    shared by every end-to-end test of the session."""
+    s = AirflowStack(
+        session_dir / "stack",
+        port=free_port(),
+        extra_env={
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": USERS,
+            "AIRFLOW_CONN_SMTP_DEFAULT": smtp.connection_json(),
+            "EXPORT_TX_NOTIFY_POLL_SECONDS": "0.5",
+            "EXPORT_TX_MAIL_FROM": "exports@example.com",
+        },
+    )
     s.migrate()
     s.start()
     try:
@@ -26,3 +45,56 @@ def stack(session_dir: Path, demo_db: Path) -> Iterator[AirflowStack]:
         yield s
     finally:
         s.stop()
+
+
+@pytest.fixture(scope="session")
+def clients(stack: AirflowStack) -> Iterator[dict[str, httpx.Client]]:
+    opened = {user: stack.client(user) for user in ("admin", "analyst", "viewer", "bob")}
+    try:
+        yield opened
+    finally:
+        for c in opened.values():
+            c.close()
+
+
+def tx_url(tx_id: str) -> str:
+    from urllib.parse import quote
+
+    return f"/exports/v1/transactions/{quote(tx_id, safe='')}"
+
+
+def wait_status(client: httpx.Client, tx_id: str, until: Any, timeout: float = 180) -> dict[str, Any]:
+    """Poll the status resource until ``until(status)`` holds."""
+    deadline = time.monotonic() + timeout
+    last: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        last = client.get(tx_url(tx_id)).json()
+        if until(last):
+            return last
+        time.sleep(0.3)
+    raise AssertionError(f"condition not reached for {tx_id}; last status {last}")
+
+
+def terminal(status: dict[str, Any]) -> bool:
+    return status.get("state") in ("SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED")
+
+
+def task_states(client: httpx.Client, run_id: str) -> dict[tuple[str, int], str | None]:
+    from urllib.parse import quote
+
+    answer = client.get(
+        f"/api/v2/dags/export_transaction/dagRuns/{quote(run_id, safe='')}/taskInstances", params={"limit": 100}
+    )
+    answer.raise_for_status()
+    return {(t["task_id"], t["map_index"]): t["state"] for t in answer.json()["task_instances"]}
+
+
+def wait_task(client: httpx.Client, run_id: str, task_id: str, states: set[str], timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    state = None
+    while time.monotonic() < deadline:
+        state = task_states(client, run_id).get((task_id, -1))
+        if state in states:
+            return state
+        time.sleep(0.5)
+    raise AssertionError(f"{task_id} of {run_id} is {state}, not one of {states}")

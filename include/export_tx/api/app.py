@@ -24,7 +24,7 @@ from sqlalchemy import exc as sa_exc
 
 from export_tx import registry, storage
 from export_tx.api import airflow_side, views
-from export_tx.api.views import PREFIX, ErrorBody, LogPage, Transaction, TransactionList
+from export_tx.api.views import ErrorBody, LogPage, Transaction, TransactionList
 from export_tx.control import cancel as cancel_transaction
 from export_tx.control import record_download
 from export_tx.errors import RequestInvalid
@@ -41,6 +41,8 @@ except ImportError as exc:  # pragma: no cover - the plugin only ever loads insi
     raise ImportError("the /exports API runs inside the Airflow api-server") from exc
 
 RETRY_AFTER_SECONDS = 5
+# Routes of the app; the plugin mounts it at /exports, so clients see /exports/v1/… (views.PREFIX).
+V1 = "/v1"
 STATIC = Path(__file__).with_name("static")
 
 app = FastAPI(
@@ -121,14 +123,14 @@ def _accepted(header: TxHeader, replayed: bool = False) -> JSONResponse:
     return JSONResponse(body, status_code=status.HTTP_202_ACCEPTED, headers=headers)
 
 
-@app.get(f"{PREFIX}/definitions", dependencies=[CanRead], responses=ERRORS, tags=["definitions"])
+@app.get(f"{V1}/definitions", dependencies=[CanRead], responses=ERRORS, tags=["definitions"])
 def list_definitions(user: GetUserDep) -> dict[str, list[dict[str, Any]]]:
     """Every registered definition: name, description, parameter schema, limits."""
     return {"definitions": [registry.get(name).describe() for name in registry.names()]}
 
 
 @app.post(
-    f"{PREFIX}/transactions",
+    f"{V1}/transactions",
     dependencies=[CanRequest],
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Transaction,
@@ -177,7 +179,7 @@ def request_export(
     return _accepted(store.get(tx_id))
 
 
-@app.get(f"{PREFIX}/transactions", dependencies=[CanRead], responses=ERRORS, tags=["transactions"])
+@app.get(f"{V1}/transactions", dependencies=[CanRead], responses=ERRORS, tags=["transactions"])
 def list_transactions(
     user: GetUserDep,
     store: StoreDep,
@@ -194,14 +196,14 @@ def list_transactions(
     return TransactionList(transactions=[views.transaction(h) for h in found], total_entries=total)
 
 
-@app.get(f"{PREFIX}/transactions/{{tx_id}}", dependencies=[CanRead], responses={**ERRORS, 404: {"model": ErrorBody}},
+@app.get(f"{V1}/transactions/{{tx_id}}", dependencies=[CanRead], responses={**ERRORS, 404: {"model": ErrorBody}},
          tags=["transactions"])  # fmt: skip
 def get_transaction(tx_id: str, user: GetUserDep, store: StoreDep) -> Transaction:
     """The status record: state, live progress, result or error, notification, links."""
     return views.transaction(_visible(store, tx_id, user))
 
 
-@app.get(f"{PREFIX}/transactions/{{tx_id}}/logs", dependencies=[CanRead],
+@app.get(f"{V1}/transactions/{{tx_id}}/logs", dependencies=[CanRead],
          responses={**ERRORS, 404: {"model": ErrorBody}}, tags=["transactions"])  # fmt: skip
 def get_logs(
     tx_id: str,
@@ -217,7 +219,7 @@ def get_logs(
     return LogPage(events=[views.log_event(e) for e in events], next_after=next_after)
 
 
-@app.post(f"{PREFIX}/transactions/{{tx_id}}/cancel", dependencies=[CanCancel], status_code=202,
+@app.post(f"{V1}/transactions/{{tx_id}}/cancel", dependencies=[CanCancel], status_code=202,
           responses={**ERRORS, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
           tags=["transactions"])  # fmt: skip
 def cancel(tx_id: str, user: GetUserDep, store: StoreDep) -> JSONResponse:
@@ -230,7 +232,7 @@ def cancel(tx_id: str, user: GetUserDep, store: StoreDep) -> JSONResponse:
     return JSONResponse(views.transaction(store.get(tx_id)).model_dump(mode="json"), status_code=202)
 
 
-@app.get(f"{PREFIX}/transactions/{{tx_id}}/download", dependencies=[CanRead],
+@app.get(f"{V1}/transactions/{{tx_id}}/download", dependencies=[CanRead],
          responses={**ERRORS, 303: {"description": "redirect to a short-lived object-storage URL"},
                     404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 410: {"model": ErrorBody}},
          tags=["transactions"])  # fmt: skip
@@ -254,7 +256,7 @@ def download(tx_id: str, user: GetUserDep, store: StoreDep) -> Any:
     return RedirectResponse(url, status_code=status.HTTP_303_SEE_OTHER)
 
 
-@app.get(f"{PREFIX}/me", dependencies=[CanRead], responses=ERRORS, tags=["definitions"])
+@app.get(f"{V1}/me", dependencies=[CanRead], responses=ERRORS, tags=["definitions"])
 def me(user: GetUserDep) -> dict[str, Any]:
     """Who the caller is and what they may do (the Exports page shows buttons accordingly)."""
     from airflow.api_fastapi.app import get_auth_manager

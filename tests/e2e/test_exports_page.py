@@ -1,0 +1,94 @@
+"""The Exports page inside the Airflow UI, in a real headless Chromium (Playwright)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from export_tx.devstack import AirflowStack
+from tests.e2e.conftest import terminal, wait_status
+
+pytestmark = pytest.mark.stack
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "Debian's chromium is required (.ci/run installs it)"
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _page_as(browser: Any, stack: AirflowStack, user: str) -> Any:
+    """A browser session logged in like the Airflow UI: the JWT in Airflow's ``_token`` cookie."""
+    context = browser.new_context(base_url=stack.base_url)
+    context.add_cookies([{"name": "_token", "value": stack.token(user), "url": stack.base_url}])
+    return context.new_page()
+
+
+def test_exports_page_lists_transactions_and_live_progress(
+    browser: Any, stack: AirflowStack, clients: dict[str, httpx.Client], session_dir: Path
+) -> None:
+    analyst = clients["analyst"]
+    finished = analyst.post("/exports/v1/transactions",
+                            json={"definition": "demo_orders", "params": {"status": "returned"}}).json()  # fmt: skip
+    wait_status(analyst, finished["id"], terminal)
+    running = analyst.post("/exports/v1/transactions",
+                           json={"definition": "demo_orders", "params": {}, "batch_size": 1000}).json()  # fmt: skip
+
+    page = _page_as(browser, stack, "analyst")
+    page.goto("/exports/ui")
+    row = page.locator(f'tr[data-id="{running["id"]}"]')
+    row.wait_for(timeout=30_000)
+    # The page refreshes itself while something runs: wait until it shows batches progressing.
+    row.locator(".pct").filter(has_text="batches").wait_for(timeout=60_000)
+    progress_text = row.locator(".pct").inner_text()
+    assert "/20 batches" in progress_text
+    assert row.locator(".state").inner_text() in ("RUNNING", "MERGING")
+    assert row.locator("button.cancel").count() == 1
+    page.screenshot(path=str(session_dir / "exports-running.png"))
+
+    done_row = page.locator(f'tr[data-id="{finished["id"]}"]')
+    assert done_row.locator(".state").inner_text() == "SUCCEEDED"
+    assert done_row.locator("a.download").get_attribute("href") == finished["links"]["download"]
+    assert "1,000" in done_row.inner_text()  # rows
+
+    # It ends by itself: the page keeps refreshing until the export succeeded.
+    row.locator(".state", has_text="SUCCEEDED").wait_for(timeout=120_000)
+    assert row.locator(".pct").inner_text().startswith("100%")
+    assert row.locator("button.cancel").count() == 0
+    page.context.close()
+
+
+def test_viewer_sees_no_cancel_button_and_only_own_rows(
+    browser: Any, stack: AirflowStack, clients: dict[str, httpx.Client]
+) -> None:
+    page = _page_as(browser, stack, "viewer")
+    page.goto("/exports/ui")
+    page.locator("#status", has_text="transaction(s)").wait_for(timeout=30_000)
+    assert page.locator("tbody tr").count() == 0  # the viewer requested nothing
+    assert page.locator("button.cancel").count() == 0
+    page.context.close()
+
+
+def test_the_page_is_in_the_airflow_navigation(clients: dict[str, httpx.Client]) -> None:
+    plugins = clients["viewer"].get("/api/v2/plugins").json()["plugins"]
+    ours = next(p for p in plugins if p["name"] == "export_transactions")
+    assert ours["external_views"][0]["href"] == "/exports/ui"
+    assert ours["fastapi_apps"][0]["url_prefix"] == "/exports"
+    assert ours["listeners"] == ["export_tx.listener"]
