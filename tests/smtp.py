@@ -28,7 +28,7 @@ class Collector:
     messages: list[Mail] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 (aiosmtpd API)
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         msg = email.message_from_bytes(envelope.content, policy=policy.default)
         part = msg.get_body(preferencelist=("html", "plain"))
         body = part.get_content() if part is not None else ""
