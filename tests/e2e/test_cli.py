@@ -1,0 +1,70 @@
+"""The export-tx command-line client against the real api-server."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from export_tx.devstack import AirflowStack
+from tests.helpers import demo_source_rows, read_result, store
+
+pytestmark = pytest.mark.stack
+CLI = str(Path(sys.executable).parent / "export-tx")
+
+
+def _cli(stack: AirflowStack, *args: str, user: str = "analyst") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "EXPORT_TX_URL": stack.base_url, "EXPORT_TX_USER": user,
+           "EXPORT_TX_PASSWORD": stack.passwords()[user]}  # fmt: skip
+    env.pop("EXPORT_TX_TOKEN", None)
+    return subprocess.run([CLI, *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_request_wait_status_logs_download(stack: AirflowStack, tmp_path: Path, demo_db: Path) -> None:
+    done = _cli(stack, "request", "demo_orders", "--param", "status=shipped", "--param", "since=2025-06-01",
+                "--batch-size", "1000", "--wait")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    tx_id = done.stdout.splitlines()[0]
+    assert "SUCCEEDED" in done.stdout and "100%" in done.stdout  # the progress bar's last frame
+    header = store().get(tx_id)
+    assert f"result     {header.result_rows:,} rows" in done.stdout
+
+    status = _cli(stack, "status", tx_id)
+    assert status.returncode == 0 and f"sha256 {header.result_sha256}" in status.stdout
+
+    logs = _cli(stack, "logs", tx_id)
+    assert logs.returncode == 0
+    assert "REQUESTED: requested by analyst" in logs.stdout.splitlines()[0]
+
+    target = tmp_path / "out.parquet"
+    fetched = _cli(stack, "download", tx_id, "-o", str(target))
+    assert fetched.returncode == 0, fetched.stderr
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == header.result_sha256
+    source = demo_source_rows(demo_db, "status = ? AND created_at >= ?", ("shipped", "2025-06-01"))
+    assert read_result(f"file://{target}") == source
+
+    listed = _cli(stack, "list", "--state", "SUCCEEDED")
+    assert tx_id in listed.stdout
+
+
+def test_errors_are_clear_and_exit_non_zero(stack: AirflowStack) -> None:
+    bad = _cli(stack, "request", "demo_orders", "--param", "status=lost")
+    assert bad.returncode == 2
+    assert "422" in bad.stderr and "params.status: 'lost' is not allowed" in bad.stderr
+    refused = _cli(stack, "request", "demo_orders", user="viewer")
+    assert refused.returncode == 2 and "403" in refused.stderr
+    missing = _cli(stack, "status", "exp_nope")
+    assert missing.returncode == 2 and "404" in missing.stderr
+
+
+def test_cancel(stack: AirflowStack) -> None:
+    started = _cli(stack, "request", "demo_orders", "--batch-size", "1000")
+    tx_id = started.stdout.strip()
+    cancelled = _cli(stack, "cancel", tx_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert cancelled.stdout.strip() == f"{tx_id} CANCELLED"
+    assert store().get(tx_id).cancelled_by == "analyst"
