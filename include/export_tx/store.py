@@ -494,6 +494,9 @@ class HeaderStore:
         """Mark a batch done with its rows. Idempotent: the header's counters are derived from
         the batch rows, so recording batch N twice counts it once. Returns True the first time."""
         with self._tx() as conn:
+            # Lock the header first: the counters below are then computed from a snapshot taken
+            # after every concurrent batch's commit (PostgreSQL READ COMMITTED), never a stale one.
+            conn.execute(sa.select(headers.c.id).where(headers.c.id == tx_id).with_for_update())
             before = conn.execute(
                 sa.select(batches.c.state).where(batches.c.tx_id == tx_id, batches.c.batch_no == batch_no)
             ).scalar_one()
