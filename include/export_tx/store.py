@@ -414,6 +414,8 @@ class HeaderStore:
     def save_plan(self, tx_id: str, plan: Sequence[PlannedBatch], *, batch_size: int, note: str) -> list[Batch]:
         """Store the plan once: a retried or resumed run gets the stored plan back unchanged."""
         with self._tx() as conn:
+            # Two planners (a retry racing a slow first attempt) serialise on the header row.
+            conn.execute(sa.select(headers.c.id).where(headers.c.id == tx_id).with_for_update())
             stored = (
                 conn.execute(sa.select(batches).where(batches.c.tx_id == tx_id).order_by(batches.c.batch_no))
                 .mappings()
