@@ -28,9 +28,10 @@ from airflow.sdk import TriggerRule, dag, get_current_context, task
 
 from export_tx.dag_params import build_params
 from export_tx.notify import NotifyRequesterOperator, WaitForDownloadOrDelaySensor
-from export_tx.settings import DAG_ID
+from export_tx.settings import DAG_ID, task_routing
 
 RETRY_DELAY = timedelta(seconds=float(os.environ.get("EXPORT_TX_RETRY_DELAY_SECONDS", "30")))
+ROUTING = task_routing()
 
 
 def _store() -> Any:
@@ -62,7 +63,7 @@ def plan_batches() -> list[int]:
         return pipeline.plan(store, run_id)
 
 
-@task(retries=2, map_index_template="{{ batch_label }}")
+@task(retries=2, map_index_template="{{ batch_label }}", **ROUTING["batch"])
 def export_batch(batch_no: int) -> dict[str, Any]:
     from export_tx import pipeline
     from export_tx.runtime import reporting
@@ -74,7 +75,7 @@ def export_batch(batch_no: int) -> dict[str, Any]:
         return pipeline.export_batch(store, run_id, batch_no).as_xcom()
 
 
-@task(retries=3, trigger_rule=TriggerRule.NONE_FAILED)
+@task(retries=3, trigger_rule=TriggerRule.NONE_FAILED, **ROUTING["merge"])
 def merge_parts() -> dict[str, Any]:
     from export_tx import pipeline
     from export_tx.runtime import reporting

@@ -216,6 +216,14 @@ class AirflowStack:
         raise StackError(f"run {run_id} did not finish within {timeout:.0f} s")
 
 
+def hostname() -> str:
+    """``[core] hostname_callable`` for several workers on one machine: each names itself with
+    ``EXPORT_TX_WORKER_NAME`` so task instances show which worker ran them."""
+    import socket
+
+    return os.environ.get("EXPORT_TX_WORKER_NAME") or socket.getfqdn()
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -29,6 +29,25 @@ NOTIFY_DELAY_MAX = 7 * 24 * 60
 ROW_GROUP_ROWS = 1_000_000
 
 
+def task_routing() -> dict[str, dict[str, str]]:
+    """Queue and pool per kind of work (read when the DAG file is parsed: environment only).
+
+    Batches are many, I/O-bound and small; the merge is one task with a different memory and
+    disk profile. On CeleryExecutor each can go to its own queue (workers sized for it) and
+    pool (capping how many run at once across all exports).
+    """
+    return {
+        "batch": {
+            "queue": _env("EXPORT_TX_BATCH_QUEUE", "default") or "default",
+            "pool": _env("EXPORT_TX_BATCH_POOL", "default_pool") or "default_pool",
+        },
+        "merge": {
+            "queue": _env("EXPORT_TX_MERGE_QUEUE", "default") or "default",
+            "pool": _env("EXPORT_TX_MERGE_POOL", "default_pool") or "default_pool",
+        },
+    }
+
+
 def _env(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(name)
     return value if value not in (None, "") else default
