@@ -41,7 +41,8 @@ def build_params() -> dict[str, Any]:
             None,
             type=["null", "string"],
             title="Notify e-mail",
-            description="Optional address to e-mail when the file is ready (not sent if already downloaded).",
+            description="Optional address(es), comma-separated, to e-mail when the file is ready "
+            "(not sent if already downloaded).",
         ),
         "notify_delay_minutes": Param(
             settings.NOTIFY_DELAY_DEFAULT,
@@ -50,5 +51,13 @@ def build_params() -> dict[str, Any]:
             maximum=settings.NOTIFY_DELAY_MAX,
             title="E-mail delay (minutes)",
             description="How long to wait after the file is ready before e-mailing (fractions allowed: 0.5 = 30 s).",
+        ),
+        "retention_days": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            maximum=3650,
+            title="Keep the file (days)",
+            description="Days the result is kept before it expires; empty: the definition's retention.",
         ),
     }

@@ -118,7 +118,12 @@ def send_failure_email(store: HeaderStore, header: Header) -> None:
     subject, body = failure_email(header)
     try:
         with SmtpHook(smtp_conn_id=SMTP_CONN_ID) as hook:
-            hook.send_email_smtp(to=header.notify_email, subject=subject, html_content=body, from_email=mail_from())
+            hook.send_email_smtp(
+                to=[a.strip() for a in header.notify_email.split(",")],
+                subject=subject,
+                html_content=body,
+                from_email=mail_from(),
+            )
     except Exception as exc:
         log.exception("failure e-mail not sent")
         record(store, header.id, FAILED, f"failure e-mail to {header.notify_email} not sent ({type(exc).__name__})")
@@ -232,7 +237,7 @@ class NotifyRequesterOperator(EmailOperator):
         if header.downloaded_at is not None:
             record(store, header.id, SKIPPED_DOWNLOADED, "e-mail not sent: the file was already downloaded")
             raise AirflowSkipException("already downloaded")
-        self.to = header.notify_email or ""
+        self.to = [a.strip() for a in (header.notify_email or "").split(",") if a.strip()]
         self.subject, self.html_content = ready_email(header)
         self.from_email = self.from_email or mail_from()
         ti = context.get("ti")

@@ -39,7 +39,9 @@ def _raw_header_fields(conf: dict[str, Any]) -> dict[str, Any]:
         if isinstance(batch_size, int) and not isinstance(batch_size, bool)
         else BATCH_SIZE_DEFAULT,
         # Still tell the requester that (and why) the export was refused.
-        "notify_email": email if isinstance(email, str) and EMAIL.match(email) else None,
+        "notify_email": email
+        if isinstance(email, str) and all(EMAIL.match(a.strip()) for a in email.split(","))
+        else None,
         "notify_delay_minutes": delay
         if isinstance(delay, int) and not isinstance(delay, bool)
         else NOTIFY_DELAY_DEFAULT,
@@ -196,7 +198,7 @@ def merge(store: HeaderStore, tx_id: str) -> MergeResult:
             result_bytes=sink.bytes,
             result_sha256=sink.sha256,
             result_schema=schema_description(schema),
-            expires_at=finished + timedelta(days=definition.retention_days),
+            expires_at=finished + timedelta(days=header.retention_days or definition.retention_days),
         )
     except IllegalTransition as exc:
         # Cancelled during the merge: the file must not outlive the transaction.

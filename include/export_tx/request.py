@@ -10,7 +10,8 @@ from export_tx import registry, settings
 from export_tx.errors import FieldError, RequestInvalid
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-KNOWN_FIELDS = ("definition", "params", "batch_size", "notify_email", "notify_delay_minutes")
+KNOWN_FIELDS = ("definition", "params", "batch_size", "notify_email", "notify_delay_minutes", "retention_days")
+RETENTION_MAX_DAYS = 3650
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,8 @@ class ExportRequest:
     batch_size: int = settings.BATCH_SIZE_DEFAULT
     notify_email: str | None = None
     notify_delay_minutes: float = settings.NOTIFY_DELAY_DEFAULT
+    #: Days the result is kept; None: the definition's own retention.
+    retention_days: int | None = None
 
     def as_conf(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,8 +79,18 @@ def parse_request(conf: dict[str, Any] | None) -> ExportRequest:
     email: Any = conf.get("notify_email")
     if email in ("", None):
         email = None
-    elif not isinstance(email, str) or not EMAIL.match(email):
+    elif not isinstance(email, str):
         errors.append(FieldError("notify_email", f"{email!r} is not an email address"))
+    else:
+        # One address or several, comma-separated.
+        addresses = [a.strip() for a in email.split(",")]
+        bad = [a for a in addresses if not EMAIL.match(a)]
+        if bad:
+            errors.append(FieldError("notify_email", f"{bad[0]!r} is not an email address"))
+        email = ", ".join(addresses)
+    retention = conf.get("retention_days")
+    if retention is not None:
+        retention = _int_field(conf, "retention_days", 0, 1, RETENTION_MAX_DAYS, errors)
 
     params: dict[str, Any] = {}
     if definition is not None:
@@ -94,4 +107,5 @@ def parse_request(conf: dict[str, Any] | None) -> ExportRequest:
         batch_size=batch_size,
         notify_email=email,
         notify_delay_minutes=delay,
+        retention_days=retention,
     )

@@ -42,6 +42,7 @@ headers = sa.Table(
     sa.Column("request_hash", sa.String(64)),
     sa.Column("notify_email", sa.String(320)),
     sa.Column("notify_delay_minutes", sa.Float, nullable=False),
+    sa.Column("retention_days", sa.Integer),
     sa.Column("notification_state", sa.String(30), nullable=False),
     sa.Column("notification_sent_at", _TS),
     sa.Column("batches_total", sa.Integer),
@@ -123,6 +124,7 @@ class Header:
     request_hash: str | None
     notify_email: str | None
     notify_delay_minutes: float
+    retention_days: int | None
     notification_state: str
     notification_sent_at: datetime | None
     batches_total: int | None
@@ -233,6 +235,21 @@ def engine_for(url: str) -> Engine:
     return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4)
 
 
+def _add_missing_columns(conn: Connection) -> None:
+    """Additive schema evolution: a column added to a table since it was created is added in
+    place (it must be nullable or have a server default). Idempotent, like ``create_all``."""
+    inspector = sa.inspect(conn)
+    for table in metadata.sorted_tables:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            if not column.nullable and column.server_default is None:
+                raise RuntimeError(f"cannot add NOT NULL column {table.name}.{column.name} without a default")
+            ddl = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")
+
+
 def store_url_from_connection(conn_id: str) -> str:
     """SQLAlchemy URL for an Airflow PostgreSQL connection (resolved when first used)."""
     from export_tx.sources import postgres_uri
@@ -263,6 +280,7 @@ class HeaderStore:
             if conn.dialect.name == "postgresql":
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(727270001)"))
             metadata.create_all(conn, checkfirst=True)
+            _add_missing_columns(conn)
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
@@ -282,6 +300,7 @@ class HeaderStore:
         dag_id: str = settings.DAG_ID,
         notify_email: str | None = None,
         notify_delay_minutes: float = settings.NOTIFY_DELAY_DEFAULT,
+        retention_days: int | None = None,
         idempotency_key: str | None = None,
         request_hash: str | None = None,
     ) -> tuple[Header, bool]:
@@ -304,6 +323,7 @@ class HeaderStore:
                     request_hash=request_hash,
                     notify_email=notify_email,
                     notify_delay_minutes=notify_delay_minutes,
+                    retention_days=retention_days,
                     notification_state="pending" if notify_email else "not_requested",
                     created_at=now,
                     updated_at=now,

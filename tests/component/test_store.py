@@ -174,3 +174,18 @@ def test_concurrent_batch_records_sum_exactly(store: HeaderStore) -> None:
         header = store.get(tx)
         assert header.batches_done == 30
         assert header.rows_written == sum(range(1, 31))
+
+
+def test_a_store_from_an_older_version_gains_new_columns(tmp_path: Path) -> None:
+    """Tables created before a column existed get it added by ensure_schema (data kept)."""
+    import sqlalchemy as sa
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    store = HeaderStore(url)
+    store.ensure_schema()
+    tx = _new(store)
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE export_header DROP COLUMN retention_days")
+    assert "retention_days" not in {c["name"] for c in sa.inspect(store.engine).get_columns("export_header")}
+    store.ensure_schema()
+    assert store.get(tx).retention_days is None and store.get(tx).requested_by == "ana"

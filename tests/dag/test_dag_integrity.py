@@ -38,7 +38,14 @@ def test_params_are_the_run_conf_contract() -> None:
 
     dag = export_dag()
     params = dag.params
-    assert set(params.keys()) == {"definition", "params", "batch_size", "notify_email", "notify_delay_minutes"}
+    assert set(params.keys()) == {
+        "definition",
+        "params",
+        "batch_size",
+        "notify_email",
+        "notify_delay_minutes",
+        "retention_days",
+    }
     for name in params.keys():
         param = params.get_param(name)
         assert param.schema.get("title") and param.description, name

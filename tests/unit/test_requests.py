@@ -74,3 +74,12 @@ def test_valid_requests(conf: dict[str, Any], expected_params: dict[str, Any]) -
 def test_unset_params_bind_null() -> None:
     definition = registry.get("demo_orders")
     assert definition.bind_values({"status": "paid"}) == {"since": None, "until": None, "status": "paid"}
+
+
+def test_several_recipients_and_a_retention() -> None:
+    request = parse_request({"definition": "orders", "notify_email": "a@x.io,  b@y.io", "retention_days": 30})
+    assert request.notify_email == "a@x.io, b@y.io" and request.retention_days == 30
+    with pytest.raises(RequestInvalid, match="notify_email: 'b@' is not an email address"):
+        parse_request({"definition": "orders", "notify_email": "a@x.io,b@"})
+    with pytest.raises(RequestInvalid, match="retention_days: 0 is out of range; allowed: 1 to 3_650"):
+        parse_request({"definition": "orders", "retention_days": 0})

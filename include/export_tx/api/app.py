@@ -77,6 +77,7 @@ class TransactionRequest(BaseModel):
     batch_size: Any = None
     notify_email: Any = None
     notify_delay_minutes: Any = None
+    retention_days: Any = None
 
 
 @app.exception_handler(RequestValidationError)
