@@ -4,18 +4,25 @@ Used by ``make demo`` / ``make down``, the end-to-end tests and the benchmark, s
 run the product the same way. Each component runs in its own process group and is stopped
 with SIGTERM (then SIGKILL), so nothing is orphaned. LocalExecutor and SQLite metadata by
 default (the embedded default); every setting can be overridden through ``extra_env``.
+
+With CeleryExecutor (``extra_env``: executor, PostgreSQL metadata, broker and result backend),
+``workers`` names Celery workers that ``start()`` starts beside the components, or call
+``start_worker(name)`` / ``stop_worker(name)`` one by one. Each worker has its own folder, log
+and process group, and names itself through :func:`hostname`, so several on one machine are
+told apart in the task instances.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +44,11 @@ class AirflowStack:
     port: int = 8080
     extra_env: Mapping[str, str] = field(default_factory=dict)
     repo: Path = REPO
+    #: Celery workers that ``start()`` starts too (CeleryExecutor only), e.g. ``("w1", "w2")``.
+    workers: Sequence[str] = ()
+    _worker_procs: dict[str, subprocess.Popen[bytes]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def base_url(self) -> str:
@@ -126,24 +138,179 @@ class AirflowStack:
                 cwd=self.home,
             )
             pids[name] = proc.pid
-        self.state_file.write_text(json.dumps({"pids": pids, "port": self.port}))
+        self._write_state(pids=pids)
+        for name in self.workers:
+            self.start_worker(name)
 
     def stop(self, timeout: float = 30) -> None:
-        """SIGTERM every component's process group, then SIGKILL what is left."""
+        """SIGTERM every component's and worker's process group, then SIGKILL what is left."""
         if not self.state_file.exists():
             return
-        pids = json.loads(self.state_file.read_text()).get("pids", {})
-        for pid in pids.values():
+        state = json.loads(self.state_file.read_text())
+        pids = state.get("pids", {})
+        workers = state.get("workers", {})
+        for pid in [*pids.values(), *workers.values()]:
             _signal_group(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(_group_alive(p) for p in pids.values()):
+        while time.monotonic() < deadline and (
+            any(_group_alive(p) for p in pids.values()) or any(self._worker_processes(n) for n in workers)
+        ):
             time.sleep(0.3)
         for pid in pids.values():
             _signal_group(pid, signal.SIGKILL)
+        for name in workers:
+            self._kill_worker_tree(name, workers[name])
         self.state_file.unlink(missing_ok=True)
 
+    # -- Celery workers ----------------------------------------------------------------
+
+    def worker_pids(self) -> dict[str, int]:
+        """The Celery workers started by this stack that are still running (name → pid)."""
+        workers = self._state().get("workers", {})
+        return {name: pid for name, pid in workers.items() if _alive(pid)}
+
+    def worker_log(self, name: str) -> Path:
+        return self.home / "logs" / f"worker-{name}.log"
+
+    def start_worker(
+        self,
+        name: str,
+        *,
+        queues: Sequence[str] | None = None,
+        concurrency: int | None = None,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> int:
+        """Start the Celery worker ``name@<host>`` unless it runs; return its process (group) id.
+
+        Its own process group, working directory (``workers/<name>``) and log
+        (``logs/worker-<name>.log``); ``EXPORT_TX_WORKER_NAME=<name>``, so with
+        ``[core] hostname_callable = export_tx.devstack.hostname`` its task instances carry
+        ``<name>`` as hostname. No log server (``--skip-serve-logs``): several workers on one
+        machine would fight over its port, and the api-server reads the task logs from the shared
+        ``logs/`` folder. ``queues`` / ``concurrency`` default to ``[celery]`` settings.
+        """
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise ValueError(f"invalid worker name {name!r}")
+        running = self.worker_pids()
+        if name in running:
+            return running[name]
+        cwd = self.home / "workers" / name
+        cwd.mkdir(parents=True, exist_ok=True)
+        log = self.worker_log(name)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        env = self.env()
+        env["EXPORT_TX_WORKER_NAME"] = name
+        env["EXPORT_TX_WORKER_HOME"] = str(self.home)  # marks every process of this worker
+        env.update(extra_env or {})
+        command = ["airflow", "celery", "worker", "--celery-hostname", f"{name}@%h", "--skip-serve-logs"]
+        command += ["--pid", str(cwd / "worker.pid")]
+        if queues:
+            command += ["--queues", ",".join(queues)]
+        if concurrency:
+            command += ["--concurrency", str(concurrency)]
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                command,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=cwd,
+            )
+        self._worker_procs[name] = proc
+        workers = dict(self._state().get("workers", {}))
+        workers[name] = proc.pid
+        self._write_state(workers=workers)
+        return proc.pid
+
+    def stop_worker(self, name: str, *, kill: bool = False, timeout: float = 30) -> None:
+        """Stop a worker: SIGTERM (Celery's warm shutdown) and SIGKILL after ``timeout``, or
+        SIGKILL at once with ``kill=True`` (a crashed host). Either way every process of the
+        worker ends, including task runners, which Airflow puts in process groups of their own."""
+        workers = dict(self._state().get("workers", {}))
+        pid = workers.pop(name, None)
+        if pid is None:
+            return
+        if not kill:
+            _signal_group(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and (_group_alive(pid) or self._worker_processes(name)):
+                time.sleep(0.3)
+        self._kill_worker_tree(name, pid)
+        self._write_state(workers=workers)
+
+    def wait_workers(self, names: Sequence[str] | None = None, timeout: float = 120) -> None:
+        """Until every named worker (default: all started) answers a Celery ping."""
+        from celery import Celery  # type: ignore[import-untyped]
+
+        wanted = set(names if names is not None else self._state().get("workers", {}))
+        env = self.env()
+        broker = env.get("AIRFLOW__CELERY__BROKER_URL")
+        if not broker:
+            raise StackError("wait_workers needs AIRFLOW__CELERY__BROKER_URL in the stack's environment")
+        app = Celery("export_tx_devstack", broker=broker, set_as_current=False)
+        deadline = time.monotonic() + timeout
+        answered: set[str] = set()
+        try:
+            while time.monotonic() < deadline:
+                running = self.worker_pids()
+                dead = sorted(wanted - set(running))
+                if dead:
+                    logs = ", ".join(str(self.worker_log(n)) for n in dead)
+                    raise StackError(f"worker {', '.join(dead)} is not running; see {logs}")
+                replies = app.control.ping(timeout=1.0)
+                answered = {node.split("@", 1)[0] for reply in replies for node in reply}
+                if wanted <= answered:
+                    return
+                time.sleep(0.5)
+        finally:
+            app.close()
+        missing = ", ".join(sorted(wanted - answered))
+        raise StackError(f"Celery worker(s) {missing} not ready after {timeout:.0f} s; see {self.home / 'logs'}")
+
+    def _worker_processes(self, name: str) -> list[int]:
+        """Every live process of worker ``name`` (whatever its process group), by its environment."""
+        marks = {f"EXPORT_TX_WORKER_NAME={name}".encode(), f"EXPORT_TX_WORKER_HOME={self.home}".encode()}
+        return _processes_with_env(marks)
+
+    def _kill_worker_tree(self, name: str, pid: int) -> None:
+        # Stop the worker first so it forks no new task runner while its processes are killed.
+        _signal_group(pid, signal.SIGSTOP)
+        for _ in range(50):
+            found = self._worker_processes(name)
+            if not found and not _group_alive(pid):
+                break
+            _signal_group(pid, signal.SIGKILL)
+            for other in found:
+                # Its whole group: a task runner's children share the runner's group.
+                try:
+                    _signal_group(os.getpgid(other), signal.SIGKILL)
+                    os.kill(other, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            time.sleep(0.1)
+        proc = self._worker_procs.pop(name, None)
+        if proc is not None:
+            try:
+                proc.wait(timeout=10)  # reap it: no zombie left behind
+            except subprocess.TimeoutExpired:
+                pass
+
+    def _state(self) -> dict[str, Any]:
+        if not self.state_file.exists():
+            return {}
+        return dict(json.loads(self.state_file.read_text()))
+
+    def _write_state(self, **values: Any) -> None:
+        state = self._state()
+        state.update(values, port=self.port)
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.state_file.write_text(json.dumps(state))
+
     def wait_ready(self, timeout: float = 180, dag_id: str = "export_transaction") -> None:
-        """Until the api-server answers, every component is healthy and the DAG is parsed."""
+        """Until the api-server answers, every component is healthy and the DAG is parsed
+        (and every worker of ``workers`` answers a Celery ping)."""
         deadline = time.monotonic() + timeout
         last = "api-server not answering"
         while time.monotonic() < deadline:
@@ -163,6 +330,8 @@ class AirflowStack:
                     with self.client("admin") as client:
                         answer = client.get(f"/api/v2/dags/{dag_id}")
                         if answer.status_code == 200:
+                            if self.workers:
+                                self.wait_workers(self.workers, timeout=max(deadline - time.monotonic(), 10))
                             return
                         last = f"DAG {dag_id} not parsed yet ({answer.status_code})"
             except (httpx.HTTPError, ValueError, StackError) as exc:
@@ -260,6 +429,21 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _processes_with_env(marks: set[bytes]) -> list[int]:
+    """Live (non-zombie) processes of ours whose environment holds every one of ``marks``."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            entries = set(environ.read_bytes().split(b"\0"))
+        except OSError:
+            continue
+        if marks <= entries:
+            pid = int(environ.parent.name)
+            if pid != os.getpid() and _alive(pid):
+                found.append(pid)
+    return found
 
 
 # -- make demo / make down ---------------------------------------------------------------

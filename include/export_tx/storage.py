@@ -142,3 +142,7 @@ def presigned_url(uri: str, filename: str, expires_in: int = 300) -> str:
 
 
 PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
+
+
+def path_of(uri: str) -> ObjectStoragePath:
+    return _path(uri)

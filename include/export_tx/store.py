@@ -382,6 +382,29 @@ class HeaderStore:
             total = int(conn.execute(count).scalar_one())
         return [Header.from_row(r) for r in rows], total
 
+    def expired(self, now: datetime, limit: int = 500) -> list[Header]:
+        """SUCCEEDED headers whose retention has ended."""
+        query = (
+            sa.select(headers)
+            .where(headers.c.state == State.SUCCEEDED.value, headers.c.expires_at <= now)
+            .order_by(headers.c.expires_at)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [Header.from_row(r) for r in conn.execute(query).mappings().all()]
+
+    def in_states(self, states: Sequence[State], *, updated_before: datetime | None = None,
+                  finished_after: datetime | None = None, limit: int = 1000) -> list[Header]:  # fmt: skip
+        """Headers in any of ``states``, optionally untouched since / finished after a moment."""
+        query = sa.select(headers).where(headers.c.state.in_([s.value for s in states]))
+        if updated_before is not None:
+            query = query.where(headers.c.updated_at < updated_before)
+        if finished_after is not None:
+            query = query.where(headers.c.finished_at >= finished_after)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.order_by(headers.c.created_at).limit(limit)).mappings().all()
+        return [Header.from_row(r) for r in rows]
+
     def transition(
         self, tx_id: str, target: State, message: str, *, data: dict[str, Any] | None = None, **values: Any
     ) -> bool:

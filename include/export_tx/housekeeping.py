@@ -1,0 +1,90 @@
+"""Housekeeping: expire results past retention, remove parts left behind, and close headers
+whose Airflow run ended (or vanished) without closing them. Every action writes an event.
+
+Each function takes the store (and, for reconciliation, a way to ask Airflow about a run) so it
+runs the same in the housekeeping DAG and in tests.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from export_tx import storage
+from export_tx.control import close_after_run_failed
+from export_tx.notify import PENDING, SKIPPED
+from export_tx.states import ACTIVE, State
+from export_tx.store import HeaderStore, utcnow
+
+log = logging.getLogger(__name__)
+
+#: A run state as Airflow reports it, or None when the run does not exist (any more).
+RunState = Callable[[str], "str | None"]
+
+
+@dataclass(frozen=True)
+class Report:
+    action: str
+    transactions: list[str]
+
+    def as_xcom(self) -> dict[str, object]:
+        return {"action": self.action, "count": len(self.transactions), "transactions": self.transactions[:50]}
+
+
+def expire_results(store: HeaderStore) -> Report:
+    """SUCCEEDED past ``expires_at`` → file deleted, header EXPIRED (download then answers 410)."""
+    done = []
+    for header in store.expired(utcnow()):
+        if header.result_uri:
+            storage.remove(storage.path_of(header.result_uri))
+        if store.transition(header.id, State.EXPIRED, f"retention ended at {header.expires_at:%Y-%m-%d %H:%M} UTC; "
+                            "the file was deleted"):  # fmt: skip
+            done.append(header.id)
+    return Report("expired", done)
+
+
+def remove_leftover_parts(store: HeaderStore, lookback: timedelta = timedelta(days=30)) -> Report:
+    """Parts (and temporary results) of transactions that ended without a published file."""
+    done = []
+    ended = store.in_states([State.FAILED, State.CANCELLED, State.EXPIRED], finished_after=utcnow() - lookback)
+    for header in ended:
+        removed = storage.remove_tree(storage.parts_dir(header.id))
+        tmp = storage.temp_result_path(header.id, header.definition)
+        if tmp.exists():
+            storage.remove(tmp)
+            removed = True
+        if removed:
+            store.add_event(header.id, "cleanup", f"housekeeping removed the parts left by the {header.state.value} "
+                            "transaction")  # fmt: skip
+            done.append(header.id)
+    return Report("parts_removed", done)
+
+
+def reconcile(store: HeaderStore, run_state: RunState, grace: timedelta = timedelta(minutes=5)) -> Report:
+    """Headers still active whose Airflow run has ended or was deleted → a terminal, explained state.
+
+    ``grace`` leaves alone headers touched recently (an API request between writing the header
+    and creating its run, a task about to update it).
+    """
+    done = []
+    for header in store.in_states(sorted(ACTIVE), updated_before=utcnow() - grace):
+        state = run_state(header.id)
+        if state in ("queued", "running"):
+            continue
+        if state is None:
+            extra: dict[str, Any] = {"notification_state": SKIPPED} if header.notification_state == PENDING else {}
+            changed = store.fail(header.id, "the Airflow run of this export no longer exists (deleted); "
+                                 "request the export again", **extra)  # fmt: skip
+            if changed:
+                storage.remove_tree(storage.parts_dir(header.id))
+        elif state == "failed":
+            changed = close_after_run_failed(store, header.id, manual=False)
+        else:  # success without a terminal header: the run finished but the export did not
+            changed = store.fail(header.id, f"the Airflow run ended {state} without finishing the export; "
+                                 "request the export again")  # fmt: skip
+        if changed:
+            done.append(header.id)
+    return Report("reconciled", done)

@@ -1,0 +1,327 @@
+"""A real distributed deployment on this machine: CeleryExecutor with two workers, S3 storage.
+
+Module-scoped, started once for ``tests/celery``: a moto S3 server on loopback, fresh
+PostgreSQL databases (Airflow's metadata; the orders source and the header store), an
+AirflowStack on CeleryExecutor (Redis broker, PostgreSQL result backend) and two Celery
+workers ``w1`` / ``w2``, each in its own folder and process group. Everything is stopped and
+dropped afterwards, whatever happens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from export_tx.devstack import AirflowStack
+from export_tx.store import Header, HeaderStore
+from tests.conftest import PG_ADMIN_DSN
+from tests.smtp import free_port
+
+#: Rows in the source table: 8–12 batches of a few tens of thousands of rows each.
+SOURCE_ROWS = 400_000
+WORKERS = ("w1", "w2")
+REDIS = "redis://127.0.0.1:6379"
+#: Redis databases tried for the broker, first empty one wins (other sessions may use Redis too).
+REDIS_DBS = range(7, 16)
+RUNS = "/api/v2/dags/export_transaction/dagRuns"
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------
+
+
+@contextmanager
+def fresh_database(prefix: str) -> Iterator[str]:
+    """A new database on the machine's PostgreSQL (dropped afterwards); yields its DSN."""
+    import psycopg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield PG_ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+#: Every row of the export as the product must write it (e-mail masked), as one text per row,
+#: computed by PostgreSQL itself — independent of the product's ADBC/Arrow path.
+SOURCE_FACTS_SQL = r"""
+SELECT count(*), count(DISTINCT order_id), sum(order_id), sum(amount),
+       md5(string_agg(concat_ws('|', order_id, customer_id,
+                                regexp_replace(customer_email, '^([^@])[^@]*@', '\1***@'),
+                                status, amount, currency, quantity, product_sku, country,
+                                extract(epoch FROM created_at)::bigint, extract(epoch FROM updated_at)::bigint,
+                                coalesce(note, '<null>')),
+                      E'\n' ORDER BY order_id))
+FROM orders
+"""
+
+
+@dataclass(frozen=True)
+class SourceFacts:
+    rows: int
+    distinct_keys: int
+    key_sum: int
+    amount_sum: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class Source:
+    dsn: str
+    facts: SourceFacts
+
+
+@pytest.fixture(scope="module")
+def source() -> Iterator[Source]:
+    """The ``orders`` table (PostgreSQL) the ``orders`` definition reads; the header store lives
+    in the same database."""
+    import psycopg
+
+    from export_tx.demo import generate_orders_pg
+
+    with fresh_database("export_tx_celery_data") as dsn:
+        generate_orders_pg(dsn, SOURCE_ROWS, "orders")
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute(SOURCE_FACTS_SQL).fetchone()
+        assert row is not None
+        yield Source(dsn, SourceFacts(int(row[0]), int(row[1]), int(row[2]), str(row[3]), str(row[4])))
+
+
+def file_facts(table: Any) -> SourceFacts:
+    """The same facts as :data:`SOURCE_FACTS_SQL`, computed from the exported Parquet table."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = table.sort_by("order_id")
+
+    def text(name: str) -> Any:
+        return pc.cast(table[name], pa.string())
+
+    def epoch(name: str) -> Any:
+        return pc.cast(pc.divide(pc.cast(table[name], pa.int64()), 1_000_000), pa.string())
+
+    columns = [
+        text("order_id"),
+        text("customer_id"),
+        table["customer_email"],
+        table["status"],
+        text("amount"),
+        table["currency"],
+        text("quantity"),
+        table["product_sku"],
+        table["country"],
+        epoch("created_at"),
+        epoch("updated_at"),
+        pc.fill_null(table["note"], "<null>"),
+    ]
+    lines = pc.binary_join_element_wise(*columns, "|")
+    digest = hashlib.md5("\n".join(lines.to_pylist()).encode(), usedforsecurity=False).hexdigest()
+    return SourceFacts(
+        rows=table.num_rows,
+        distinct_keys=len(pc.unique(table["order_id"])),
+        key_sum=int(pc.sum(table["order_id"]).as_py()),
+        amount_sum=str(pc.sum(table["amount"]).as_py()),
+        digest=digest,
+    )
+
+
+# -- S3 ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class S3:
+    endpoint: str
+    bucket: str
+    client: Any  # a boto3 S3 client
+
+    def keys(self, prefix: str) -> list[str]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
+
+    def read(self, key: str) -> bytes:
+        return bytes(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3]:
+    """moto in server mode on loopback: the workers and the api-server reach it over HTTP."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        )
+        bucket = f"export-tx-{uuid.uuid4().hex[:8]}"
+        client.create_bucket(Bucket=bucket)
+        yield S3(endpoint, bucket, client)
+    finally:
+        server.stop()
+
+
+# -- Redis (the Celery broker) -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Broker:
+    url: str
+    queue: str  # prefix of this deployment's queues
+
+    @property
+    def queues(self) -> dict[str, str]:
+        return {"default": self.queue, "batch": f"{self.queue}.batch", "merge": f"{self.queue}.merge"}
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[Broker]:
+    """An empty Redis database and queue names of our own, so another session's Celery workers
+    never take our tasks (nor ours theirs); our keys are removed afterwards."""
+    import redis
+
+    for db in REDIS_DBS:
+        client = redis.Redis.from_url(f"{REDIS}/{db}")
+        if client.dbsize() == 0:
+            break
+        client.close()
+    else:
+        raise AssertionError(f"no empty Redis database among {list(REDIS_DBS)} at {REDIS}")
+    queue = f"export_tx_{uuid.uuid4().hex[:8]}"
+    try:
+        yield Broker(f"{REDIS}/{db}", queue)
+    finally:
+        _remove_our_keys(client, queue)
+        client.close()
+
+
+def _remove_our_keys(client: Any, queue: str) -> None:
+    # Messages a killed worker had taken but not acknowledged wait in ``unacked`` (for hours).
+    for tag, message in client.hgetall("unacked").items():
+        if queue.encode() in message:
+            client.hdel("unacked", tag)
+            client.zrem("unacked_index", tag)
+    for key in client.scan_iter(match=f"*{queue}*"):
+        client.delete(key)
+    # Only Celery's own bookkeeping left (pidbox bindings, empty unacked): leave the database empty.
+    generic = (b"_kombu.binding.celery.pidbox", b"_kombu.binding.celeryev", b"_kombu.binding.reply.celery.pidbox")
+    left = set(client.keys())
+    if left and left <= {*generic, b"unacked", b"unacked_index", b"unacked_mutex"} and not client.hlen("unacked"):
+        client.delete(*left)
+
+
+# -- the deployment ----------------------------------------------------------------------------
+
+
+@dataclass
+class Deployment:
+    stack: AirflowStack
+    s3: S3
+    source: Source
+    broker: Broker
+    store: HeaderStore
+
+    def start_workers(self) -> None:
+        """Start every worker not running (after a test killed one) and wait until all answer."""
+        for name in WORKERS:
+            self.stack.start_worker(name, queues=list(self.broker.queues.values()))
+        self.stack.wait_workers(WORKERS, timeout=120)
+
+    def wait_header(self, tx_id: str, until: Callable[[Header], bool], timeout: float = 240) -> Header:
+        deadline = time.monotonic() + timeout
+        header = None
+        while time.monotonic() < deadline:
+            header = self.store.find(tx_id)
+            if header is not None and until(header):
+                return header
+            time.sleep(0.5)
+        raise AssertionError(f"{tx_id}: condition not reached in {timeout:.0f} s; header {header}\n{self.logs()}")
+
+    def task_instances(self, client: httpx.Client, run_id: str) -> list[dict[str, Any]]:
+        answer = client.get(f"{RUNS}/{quote(run_id, safe='')}/taskInstances", params={"limit": 100})
+        answer.raise_for_status()
+        return list(answer.json()["task_instances"])
+
+    def logs(self, lines: int = 25) -> str:
+        """The ends of the worker and scheduler logs, for failure messages."""
+        out = []
+        logs = self.stack.home / "logs"
+        for path in [*(self.stack.worker_log(n) for n in WORKERS), logs / "scheduler.log"]:
+            if path.exists():
+                tail = path.read_text(errors="replace").splitlines()[-lines:]
+                out.append(f"--- {path.name}\n" + "\n".join(tail))
+        return "\n".join(out)
+
+
+@pytest.fixture(scope="module")
+def deployment(session_dir: Path, s3: S3, source: Source, broker: Broker) -> Iterator[Deployment]:
+    with fresh_database("export_tx_celery_meta") as meta_dsn:
+        meta = meta_dsn.split("://", 1)[1]
+        aws = {
+            "conn_type": "aws",
+            "login": "testing",
+            "password": "testing",
+            "extra": {"endpoint_url": s3.endpoint, "region_name": "us-east-1"},
+        }
+        stack = AirflowStack(
+            session_dir / "celery-stack",
+            port=free_port(),
+            extra_env={
+                "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://{meta}",
+                "AIRFLOW__CELERY__BROKER_URL": broker.url,
+                "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://{meta}",
+                "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
+                "AIRFLOW__OPERATORS__DEFAULT_QUEUE": broker.queues["default"],
+                "AIRFLOW__CORE__HOSTNAME_CALLABLE": "export_tx.devstack.hostname",
+                # A killed worker's tasks are failed (and retried elsewhere) within seconds.
+                "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
+                "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
+                "EXPORT_TX_BATCH_QUEUE": broker.queues["batch"],
+                "EXPORT_TX_MERGE_QUEUE": broker.queues["merge"],
+                "EXPORT_TX_STORE_CONN_ID": "export_tx_store",
+                "AIRFLOW_CONN_EXPORT_TX_STORE": source.dsn,
+                "AIRFLOW_CONN_EXPORT_SOURCE_PG": source.dsn,
+                "EXPORT_TX_STORAGE_URI": f"s3://export_s3@{s3.bucket}/exports",
+                "AIRFLOW_CONN_EXPORT_S3": json.dumps(aws),
+                "EXPORT_TX_RETRY_DELAY_SECONDS": "1",
+            },
+        )
+        store = HeaderStore("postgresql+psycopg://" + source.dsn.split("://", 1)[1])
+        store.ensure_schema()
+        try:
+            stack.migrate()
+            stack.start()
+            found = Deployment(stack, s3, source, broker, store)
+            found.start_workers()
+            stack.wait_ready(timeout=240)
+            yield found
+        finally:
+            stack.stop()
+            store.engine.dispose()
+
+
+@pytest.fixture
+def celery(deployment: Deployment) -> Deployment:
+    """The deployment with both workers running (a test may have killed one)."""
+    deployment.start_workers()
+    return deployment

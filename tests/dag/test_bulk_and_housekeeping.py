@@ -1,0 +1,189 @@
+"""Bulk export declarations become DAGs; housekeeping's steps against real storage and store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from export_tx import storage
+from export_tx.bulk import BulkExportsInvalid, load
+from export_tx.housekeeping import expire_results, reconcile, remove_leftover_parts
+from export_tx.states import State
+from export_tx.store import HeaderStore, utcnow
+from tests.helpers import local_path, run_export, store
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _write(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "bulk.yaml"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def test_the_shipped_declaration_is_valid() -> None:
+    entries = load(REPO / "dags" / "bulk_exports.yaml")
+    assert [e.dag_id for e in entries] == ["bulk_export__weekly_shipped_orders"]
+    entry = entries[0]
+    assert entry.request.params == {"status": "shipped"} and entry.request.retention_days == 14
+    assert entry.catchup is False and entry.owner == "analyst" and entry.paused is True
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (
+            "exports:\n  - {name: a, definition: demo_orders, schedule: '@daily', start_date: 2026-01-01}",
+            "catchup must be set explicitly",
+        ),
+        (
+            "exports:\n  - {name: a, definition: nope, schedule: '@daily', start_date: 2026-01-01, catchup: false}",
+            "bulk export 'a': invalid request: definition: 'nope' is not a registered definition",
+        ),
+        (
+            "exports:\n  - {name: a, definition: demo_orders, params: {stauts: x}, schedule: '@daily', "
+            "start_date: 2026-01-01, catchup: false}",
+            "params.stauts: unknown parameter",
+        ),
+        ("exports:\n  - {name: A-1, definition: demo_orders}", "name must be lower-case"),
+        (
+            "exports:\n  - {name: a, definition: demo_orders, start_date: 2026-01-01, catchup: true}",
+            "schedule is required",
+        ),
+        (
+            "exports:\n  - {name: a, definition: demo_orders, schedule: '@daily', start_date: 2026-01-01, catchup: true}\n"
+            "  - {name: a, definition: demo_orders, schedule: '@daily', start_date: 2026-01-01, catchup: true}",
+            "must be unique: a",
+        ),
+    ],
+)
+def test_bad_declarations_name_the_entry(tmp_path: Path, body: str, fragment: str) -> None:
+    with pytest.raises(BulkExportsInvalid, match=None) as info:
+        load(_write(tmp_path, body))
+    assert fragment in str(info.value)
+
+
+def test_each_entry_becomes_a_scheduled_dag(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        """
+        exports:
+          - name: daily_paid
+            definition: demo_orders
+            params: {status: paid}
+            schedule: "30 2 * * *"
+            start_date: 2026-02-01
+            catchup: true
+            notify_email: "ops@example.com, data@example.com"
+          - name: monthly_all
+            definition: orders
+            schedule: "@monthly"
+            start_date: 2026-01-01
+            catchup: false
+        """,
+    )
+    code = (
+        "from airflow.dag_processing.dagbag import DagBag;"
+        f"bag = DagBag(dag_folder={str(REPO / 'dags' / 'bulk_exports.py')!r});"
+        "assert not bag.import_errors, bag.import_errors;"
+        "d = bag.dags['bulk_export__daily_paid'];"
+        "t = d.get_task('trigger_export');"
+        "print(sorted(bag.dag_ids), d.catchup, str(d.start_date.date()), t.trigger_dag_id, t.conf['params'],"
+        " t.conf['notify_email'], bag.dags['bulk_export__monthly_all'].catchup, d.timetable.expression)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "EXPORT_TX_BULK_EXPORTS": str(path)})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == (
+        "['bulk_export__daily_paid', 'bulk_export__monthly_all'] True 2026-02-01 export_transaction "
+        "{'status': 'paid'} ops@example.com, data@example.com False 30 2 * * *"
+    )
+
+
+def test_an_invalid_declaration_is_an_import_error_naming_it(tmp_path: Path) -> None:
+    path = _write(tmp_path, "exports:\n  - {name: broken, definition: demo_orders, schedule: '@daily', "
+                            "start_date: 2026-01-01, catchup: false, batch_size: 3}\n")  # fmt: skip
+    code = (
+        "from airflow.dag_processing.dagbag import DagBag;"
+        f"bag = DagBag(dag_folder={str(REPO / 'dags' / 'bulk_exports.py')!r});"
+        "print(list(bag.import_errors.values())[0].splitlines()[-1])"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "EXPORT_TX_BULK_EXPORTS": str(path)})  # fmt: skip
+    assert "bulk export 'broken': invalid request: batch_size: 3 is out of range" in result.stdout
+
+
+# -- housekeeping --------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("airflow_db", "demo_db")
+def test_expired_results_are_deleted() -> None:
+    run = run_export({"definition": "demo_orders", "params": {"status": "returned"}})
+    header = store().get(run.run_id)
+    path = local_path(header.result_uri or "")
+    assert path.exists()
+    untouched = run_export({"definition": "demo_orders", "params": {"status": "cancelled"}})
+    store().update(run.run_id, expires_at=utcnow() - timedelta(seconds=1))
+    report = expire_results(store())
+    assert run.run_id in report.transactions and untouched.run_id not in report.transactions
+    assert store().get(run.run_id).state == State.EXPIRED
+    assert not path.exists()
+    assert local_path(store().get(untouched.run_id).result_uri or "").exists()
+    assert store().last_event(run.run_id, "state").message.startswith("EXPIRED: retention ended")  # type: ignore[union-attr]
+    assert run.run_id not in expire_results(store()).transactions  # nothing twice
+
+
+def _active_header(s: HeaderStore, tx: str) -> None:
+    s.create(tx, definition="demo_orders", params={}, batch_size=1000, requested_by="ana",
+             notify_email="ana@example.com")  # fmt: skip
+    s.transition(tx, State.RUNNING, "started")
+
+
+def test_leftover_parts_of_ended_transactions_are_removed() -> None:
+    s = store()
+    ended, running = f"hk-ended-{os.getpid()}", f"hk-running-{os.getpid()}"
+    for tx in (ended, running):
+        _active_header(s, tx)
+        part = storage.part_path(tx, 1)
+        part.parent.mkdir(parents=True, exist_ok=True)
+        part.write_bytes(b"left behind")
+    s.fail(ended, "boom")
+    report = remove_leftover_parts(s)
+    assert ended in report.transactions and running not in report.transactions
+    assert not storage.parts_dir(ended).exists()
+    assert storage.part_path(running, 1).exists()  # a running export keeps its parts
+    assert "housekeeping removed the parts" in s.last_event(ended, "cleanup").message  # type: ignore[union-attr]
+    assert ended not in remove_leftover_parts(s).transactions
+
+
+def test_reconcile_closes_headers_whose_run_ended_or_vanished() -> None:
+    s = store()
+    suffix = os.getpid()
+    deleted, failed, running, fresh = (f"hk-{k}-{suffix}" for k in ("deleted", "failed", "running", "fresh"))
+    for tx in (deleted, failed, running, fresh):
+        _active_header(s, tx)
+    part = storage.part_path(failed, 1)
+    part.parent.mkdir(parents=True, exist_ok=True)
+    part.write_bytes(b"x")
+    runs = {deleted: None, failed: "failed", running: "running", fresh: None}
+    # Everything but "fresh" was last touched long ago.
+    with s.engine.begin() as conn:
+        from export_tx.store import headers
+
+        conn.execute(headers.update().where(headers.c.id.in_([deleted, failed, running]))
+                     .values(updated_at=utcnow() - timedelta(hours=1)))  # fmt: skip
+    report = reconcile(s, runs.get, grace=timedelta(minutes=5))
+    assert sorted(report.transactions) == sorted([deleted, failed])
+    assert s.get(deleted).state == State.FAILED and "no longer exists (deleted)" in (s.get(deleted).error or "")
+    assert s.get(deleted).notification_state == "skipped"
+    assert s.get(failed).state == State.FAILED and "ended failed before the export finished" in (
+        s.get(failed).error or ""
+    )
+    assert not storage.parts_dir(failed).exists()
+    assert s.get(running).state == State.RUNNING and s.get(fresh).state == State.RUNNING
