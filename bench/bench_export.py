@@ -369,6 +369,7 @@ def run_product(expected_rows: int, batch_size: int, port: int) -> Result:
         },
     )
     stack_pids: set[int] = set()
+    succeeded = False
     try:
         step(f"starting an Airflow stack in {home} on port {port}")
         t0 = time.perf_counter()
@@ -425,6 +426,7 @@ def run_product(expected_rows: int, batch_size: int, port: int) -> Result:
                 for e in events
             ],
         }
+        succeeded = True
         return Result(
             contender="product",
             wall_s=wall,
@@ -434,9 +436,13 @@ def run_product(expected_rows: int, batch_size: int, port: int) -> Result:
             details=details,
         )
     except (StackError, sa.exc.SQLAlchemyError) as exc:
-        raise BenchError(f"the product run failed: {exc} (component logs: {home / 'logs'})") from exc
+        raise BenchError(f"the product run failed: {exc}") from exc
     finally:
         stop_stack(stack, stack_pids)
+        if not succeeded and (home / "logs").is_dir():
+            kept = RESULTS_FILE.parent / f"failed-{time.strftime('%Y%m%d-%H%M%S')}-logs"
+            shutil.copytree(home / "logs", kept, dirs_exist_ok=True)
+            print(f"    the stack's logs were kept in {kept}", file=sys.stderr)
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -462,7 +468,7 @@ def wait_header(stack: Any, client: Any, store: Any, run_id: str, started: float
                 run_ended_at = run_ended_at or now
                 if now - run_ended_at > 10:
                     what = header.state.value if header is not None else "never created"
-                    raise BenchError(f"the DAG run ended {state} but the header is {what}; see {stack.home}/logs")
+                    raise BenchError(f"the DAG run ended {state} but the header is {what}")
         time.sleep(SAMPLE_SECONDS)
     raise BenchError(f"the product's export did not finish within {PRODUCT_TIMEOUT_S:.0f} s")
 

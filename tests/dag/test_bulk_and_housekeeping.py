@@ -57,7 +57,8 @@ def test_the_shipped_declaration_is_valid() -> None:
             "schedule is required",
         ),
         (
-            "exports:\n  - {name: a, definition: demo_orders, schedule: '@daily', start_date: 2026-01-01, catchup: true}\n"
+            "exports:\n"
+            "  - {name: a, definition: demo_orders, schedule: '@daily', start_date: 2026-01-01, catchup: true}\n"
             "  - {name: a, definition: demo_orders, schedule: '@daily', start_date: 2026-01-01, catchup: true}",
             "must be unique: a",
         ),
