@@ -22,7 +22,9 @@ from airflow.sdk import dag, get_current_context, task
 
 from export_tx.settings import DAG_ID
 
-SCHEDULE = os.environ.get("EXPORT_TX_HOUSEKEEPING_SCHEDULE", "*/15 * * * *")
+# A cron expression or preset; "none" turns the schedule off (trigger it by hand).
+_schedule = os.environ.get("EXPORT_TX_HOUSEKEEPING_SCHEDULE", "*/15 * * * *")
+SCHEDULE = None if _schedule.strip().lower() in ("", "none") else _schedule
 GRACE = timedelta(seconds=float(os.environ.get("EXPORT_TX_RECONCILE_GRACE_SECONDS", "300")))
 
 
@@ -56,7 +58,8 @@ def reconcile_runs() -> dict[str, object]:
         # Through the task SDK (workers never touch Airflow's database).
         if ti.get_dr_count(dag_id=DAG_ID, run_ids=[run_id]) == 0:  # type: ignore[attr-defined]
             return None
-        return str(ti.get_dagrun_state(dag_id=DAG_ID, run_id=run_id))  # type: ignore[attr-defined]
+        state = ti.get_dagrun_state(dag_id=DAG_ID, run_id=run_id)  # type: ignore[attr-defined]
+        return str(getattr(state, "value", state))  # a DagRunState enum: its value, e.g. "failed"
 
     return reconcile(_store(), run_state, grace=GRACE).as_xcom()
 

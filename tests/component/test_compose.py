@@ -208,7 +208,9 @@ def dockerfile_env() -> dict[str, str]:
         if words and "=" not in words[0]:  # legacy form: ENV KEY value
             env[words[0]] = " ".join(words[1:])
         else:
-            env.update(word.split("=", 1) for word in words)
+            for word in words:
+                key, _, value = word.partition("=")
+                env[key] = value
     return env
 
 
@@ -486,6 +488,22 @@ def test_workers_have_their_own_hostnames_and_consume_the_export_queues() -> Non
         assert "default" in queues, f"{name} does not consume the default queue"
         consumed |= queues
     assert consumed == EXPORT_QUEUES, f"no worker consumes {EXPORT_QUEUES - consumed}"
+
+
+def test_every_queue_the_dag_routes_to_has_a_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    from export_tx import settings
+
+    for key, value in resolved_common_env().items():
+        monkeypatch.setenv(key, value)
+    routed = {kind: route["queue"] for kind, route in settings.task_routing().items()}
+    assert routed == {"batch": "exports_batches", "merge": "exports_merge"}, routed
+    for kind, queue in routed.items():
+        consumers = [
+            name
+            for name in services_running("celery", "worker")
+            if queue in (option(command_of(services()[name]), "-q", "--queues") or "default").split(",")
+        ]
+        assert consumers, f"{kind} tasks go to queue {queue}, which no worker consumes"
 
 
 # -- the product's configuration -------------------------------------------------------------------

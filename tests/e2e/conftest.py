@@ -12,6 +12,18 @@ from export_tx.devstack import AirflowStack
 from tests.smtp import SmtpServer, free_port
 
 USERS = "admin:admin,analyst:user,viewer:viewer,bob:user"
+# One scheduled bulk export that the real scheduler runs once, as soon as it parses it.
+BULK_EXPORTS = """
+exports:
+  - name: e2e_once
+    definition: demo_orders
+    params: {status: paid}
+    schedule: "@once"
+    start_date: 2026-01-01
+    catchup: false
+    batch_size: 1000
+    owner: analyst
+"""
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +40,8 @@ def smtp() -> Iterator[SmtpServer]:
 def stack(session_dir: Path, demo_db: Path, smtp: SmtpServer) -> Iterator[AirflowStack]:
     """One real Airflow stack (api-server with our plugin, scheduler, dag-processor, triggerer),
     shared by every end-to-end test of the session."""
+    bulk = session_dir / "bulk_exports.yaml"
+    bulk.write_text(BULK_EXPORTS)
     s = AirflowStack(
         session_dir / "stack",
         port=free_port(),
@@ -36,6 +50,9 @@ def stack(session_dir: Path, demo_db: Path, smtp: SmtpServer) -> Iterator[Airflo
             "AIRFLOW_CONN_SMTP_DEFAULT": smtp.connection_json(),
             "EXPORT_TX_NOTIFY_POLL_SECONDS": "0.5",
             "EXPORT_TX_MAIL_FROM": "exports@example.com",
+            "EXPORT_TX_BULK_EXPORTS": str(bulk),
+            "EXPORT_TX_HOUSEKEEPING_SCHEDULE": "none",  # the tests trigger it
+            "EXPORT_TX_RECONCILE_GRACE_SECONDS": "0",
         },
     )
     s.migrate()
