@@ -94,3 +94,29 @@ def airflow_db(session_dir: Path) -> Path:
     result = subprocess.run([str(airflow), "db", "migrate"], capture_output=True, text=True, env=os.environ.copy())
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return home
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[dict[str, str]]:
+    """A real S3-compatible server over HTTP on loopback (moto in server mode) with a bucket,
+    reachable as the Airflow connection ``export_s3``."""
+    import json
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from tests.smtp import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+                 region_name="us-east-1").create_bucket(Bucket="exports")  # fmt: skip
+    conn = {"conn_type": "aws", "login": "testing", "password": "testing",
+            "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"}}  # fmt: skip
+    os.environ["AIRFLOW_CONN_EXPORT_S3"] = json.dumps(conn)
+    try:
+        yield {"endpoint": endpoint, "bucket": "exports", "port": str(port), "conn_id": "export_s3"}
+    finally:
+        server.stop()

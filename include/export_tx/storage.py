@@ -7,6 +7,7 @@ and ``{base}/{tx}/result/{definition}.parquet`` (published by an atomic rename).
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -127,18 +128,20 @@ def presigned_url(uri: str, filename: str, expires_in: int = 300) -> str:
     bucket = parts.hostname or ""
     key = parts.path.lstrip("/")
     hook = S3Hook(aws_conn_id=conn_id)
-    return str(
-        hook.generate_presigned_url(
-            client_method="get_object",
-            params={
-                "Bucket": bucket,
-                "Key": key,
-                "ResponseContentDisposition": f'attachment; filename="{filename}"',
-                "ResponseContentType": PARQUET_MEDIA_TYPE,
-            },
-            expires_in=expires_in,
-        )
-    )
+    params = {
+        "Bucket": bucket,
+        "Key": key,
+        "ResponseContentDisposition": f'attachment; filename="{filename}"',
+        "ResponseContentType": PARQUET_MEDIA_TYPE,
+    }
+    public = os.environ.get("EXPORT_TX_S3_PUBLIC_ENDPOINT")
+    if public:
+        # The workers reach the object store at one address (e.g. http://minio:9000) and the
+        # requester's browser at another: sign for the address the browser will use.
+        client = hook.get_session().client("s3", endpoint_url=public, config=hook.config)
+    else:
+        client = hook.get_conn()
+    return str(client.generate_presigned_url(ClientMethod="get_object", Params=params, ExpiresIn=expires_in))
 
 
 PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
