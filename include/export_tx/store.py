@@ -257,6 +257,9 @@ def store_url_from_connection(conn_id: str) -> str:
     return "postgresql+psycopg://" + postgres_uri(conn_id).split("://", 1)[1]
 
 
+_SCHEMA_READY: set[str] = set()
+
+
 class HeaderStore:
     """All reads and writes of headers, batches and events."""
 
@@ -269,7 +272,10 @@ class HeaderStore:
         cfg = settings.get_settings()
         url = store_url_from_connection(cfg.store_conn_id) if cfg.store_conn_id else cfg.store_url
         store = cls(url)
-        store.ensure_schema()
+        if url not in _SCHEMA_READY:
+            # Once per process and database: a status read stays one indexed lookup.
+            store.ensure_schema()
+            _SCHEMA_READY.add(url)
         return store
 
     # -- schema ------------------------------------------------------------------------
