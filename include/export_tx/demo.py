@@ -11,6 +11,27 @@ import sqlite3
 from pathlib import Path
 
 ORDER_STATUSES = ("pending", "paid", "shipped", "delivered", "cancelled", "returned")
+# The parameters both shipped order definitions take (JSON schema properties).
+ORDER_PARAMS = {
+    "since": {
+        "type": "string",
+        "format": "date",
+        "title": "Created on or after",
+        "description": "First creation date included (YYYY-MM-DD).",
+    },
+    "until": {
+        "type": "string",
+        "format": "date",
+        "title": "Created on or before",
+        "description": "Last creation date included (YYYY-MM-DD).",
+    },
+    "status": {
+        "type": "string",
+        "enum": list(ORDER_STATUSES),
+        "title": "Order status",
+        "description": "Only orders in this status.",
+    },
+}
 # Two years of creation times, spread in key order.
 SPAN_SECONDS = 2 * 365 * 24 * 3600
 
@@ -20,6 +41,14 @@ _STATUS_CASE = """CASE (i * 7919) % 20
         WHEN 8 THEN 'returned' ELSE 'delivered' END"""
 _COUNTRY_CASE = """CASE (i * 31) % 8 WHEN 0 THEN 'DE' WHEN 1 THEN 'FR' WHEN 2 THEN 'ES' WHEN 3 THEN 'IT'
         WHEN 4 THEN 'NL' WHEN 5 THEN 'PL' WHEN 6 THEN 'SE' ELSE 'US' END"""
+# The columns both generators compute the same way (identical SQL on SQLite and PostgreSQL),
+# from customer_id to quantity.
+_COMMON_COLUMNS = f"""1 + (i * 7907) % 50000,
+                   'customer' || ((i * 7907) % 50000) || '@example.com',
+                   {_STATUS_CASE},
+                   ((i * 7919) % 100000) / 100.0,
+                   CASE WHEN i % 10 = 0 THEN 'USD' ELSE 'EUR' END,
+                   1 + (i % 9)"""
 # Gappy, skewed keys: dense runs of 10,000 separated by jumps that grow with the key.
 _ORDER_ID = "(i * 2 + (i / 10000) * (i / 10000) * 1000)"
 
@@ -69,12 +98,7 @@ def generate_demo_sqlite(path: Path, rows: int) -> int:
             INSERT INTO demo_orders
             WITH RECURSIVE seq(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM seq WHERE i < ?)
             SELECT {_ORDER_ID},
-                   1 + (i * 7907) % 50000,
-                   'customer' || ((i * 7907) % 50000) || '@example.com',
-                   {_STATUS_CASE},
-                   ((i * 7919) % 100000) / 100.0,
-                   CASE WHEN i % 10 = 0 THEN 'USD' ELSE 'EUR' END,
-                   1 + (i % 9),
+                   {_COMMON_COLUMNS},
                    'SKU-' || printf('%05d', (i * 13) % 20000),
                    {_COUNTRY_CASE},
                    datetime('2025-01-01', '+' || (i * ? / ?) || ' seconds'),
@@ -123,12 +147,7 @@ def generate_orders_pg(dsn: str, rows: int, table: str = "orders") -> int:
         body = f"""
             INSERT INTO {table}
             SELECT {_ORDER_ID},
-                   1 + (i * 7907) % 50000,
-                   'customer' || ((i * 7907) % 50000) || '@example.com',
-                   {_STATUS_CASE},
-                   ((i * 7919) % 100000) / 100.0,
-                   CASE WHEN i % 10 = 0 THEN 'USD' ELSE 'EUR' END,
-                   1 + (i % 9),
+                   {_COMMON_COLUMNS},
                    'SKU-' || lpad(((i * 13) % 20000)::text, 5, '0'),
                    {_COUNTRY_CASE},
                    timestamptz '2025-01-01 00:00:00+00' + make_interval(secs => (i::bigint * @SPAN / @N)),

@@ -153,7 +153,7 @@ class AirflowStack:
             _signal_group(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and (
-            any(_group_alive(p) for p in pids.values()) or any(self._worker_processes(n) for n in workers)
+            any(_group_alive(p) for p in pids.values()) or any(self.worker_processes(n) for n in workers)
         ):
             time.sleep(0.3)
         for pid in pids.values():
@@ -235,7 +235,7 @@ class AirflowStack:
         if not kill:
             _signal_group(pid, signal.SIGTERM)
             deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and (_group_alive(pid) or self._worker_processes(name)):
+            while time.monotonic() < deadline and (_group_alive(pid) or self.worker_processes(name)):
                 time.sleep(0.3)
         self._kill_worker_tree(name, pid)
         self._write_state(workers=workers)
@@ -269,7 +269,7 @@ class AirflowStack:
         missing = ", ".join(sorted(wanted - answered))
         raise StackError(f"Celery worker(s) {missing} not ready after {timeout:.0f} s; see {self.home / 'logs'}")
 
-    def _worker_processes(self, name: str) -> list[int]:
+    def worker_processes(self, name: str) -> list[int]:
         """Every live process of worker ``name`` (whatever its process group), by its environment."""
         marks = {f"EXPORT_TX_WORKER_NAME={name}".encode(), f"EXPORT_TX_WORKER_HOME={self.home}".encode()}
         return _processes_with_env(marks)
@@ -278,7 +278,7 @@ class AirflowStack:
         # Stop the worker first so it forks no new task runner while its processes are killed.
         _signal_group(pid, signal.SIGSTOP)
         for _ in range(50):
-            found = self._worker_processes(name)
+            found = self.worker_processes(name)
             if not found and not _group_alive(pid):
                 break
             _signal_group(pid, signal.SIGKILL)

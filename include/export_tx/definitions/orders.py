@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from export_tx.definition import ExportDefinition
-from export_tx.demo import ORDER_STATUSES
+from export_tx.demo import ORDER_PARAMS
 from export_tx.sources import PostgresSource
 
 if TYPE_CHECKING:
@@ -58,26 +58,7 @@ DEFINITION = ExportDefinition(
           AND (CAST(:status AS text) IS NULL OR status = CAST(:status AS text))
     """,
     key_column="order_id",
-    params={
-        "since": {
-            "type": "string",
-            "format": "date",
-            "title": "Created on or after",
-            "description": "First creation date included (YYYY-MM-DD).",
-        },
-        "until": {
-            "type": "string",
-            "format": "date",
-            "title": "Created on or before",
-            "description": "Last creation date included (YYYY-MM-DD).",
-        },
-        "status": {
-            "type": "string",
-            "enum": list(ORDER_STATUSES),
-            "title": "Order status",
-            "description": "Only orders in this status.",
-        },
-    },
+    params=ORDER_PARAMS,
     max_rows=100_000_000,
     retention_days=14,
     schema=_schema,
