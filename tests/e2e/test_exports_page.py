@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,13 @@ def browser() -> Iterator[Any]:
             b.close()
 
 
+def _artifact(session_dir: Path, name: str) -> str:
+    """Screenshots go to $EXPORT_TX_TEST_ARTIFACTS when set (kept after the run), else the session dir."""
+    folder = Path(os.environ.get("EXPORT_TX_TEST_ARTIFACTS") or session_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder / name)
+
+
 def _page_as(browser: Any, stack: AirflowStack, user: str) -> Any:
     """A browser session logged in like the Airflow UI: the JWT in Airflow's ``_token`` cookie."""
     context = browser.new_context(base_url=stack.base_url)
@@ -61,7 +69,7 @@ def test_exports_page_lists_transactions_and_live_progress(
     assert "/20 batches" in progress_text
     assert row.locator(".state").inner_text() in ("RUNNING", "MERGING")
     assert row.locator("button.cancel").count() == 1
-    page.screenshot(path=str(session_dir / "exports-running.png"))
+    page.screenshot(path=_artifact(session_dir, "exports-running.png"))
 
     done_row = page.locator(f'tr[data-id="{finished["id"]}"]')
     assert done_row.locator(".state").inner_text() == "SUCCEEDED"
@@ -92,3 +100,15 @@ def test_the_page_is_in_the_airflow_navigation(clients: dict[str, httpx.Client])
     assert ours["external_views"][0]["href"] == "/exports/ui"
     assert ours["fastapi_apps"][0]["url_prefix"] == "/exports"
     assert ours["listeners"] == ["export_tx.listener"]
+
+
+def test_the_page_opens_inside_the_airflow_ui(browser: Any, stack: AirflowStack, session_dir: Path) -> None:
+    """Airflow's own React UI shows the plugin view (an iframe of /exports/ui) at /plugin/exports."""
+    page = _page_as(browser, stack, "admin")
+    page.goto("/plugin/exports")
+    frame = page.frame_locator("iframe")
+    frame.locator("#status", has_text="transaction(s)").wait_for(timeout=60_000)
+    assert frame.locator("h1").inner_text() == "Exports"
+    assert frame.locator("tbody tr").count() >= 1  # the admin sees everyone's
+    page.screenshot(path=_artifact(session_dir, "exports-in-airflow-ui.png"), full_page=True)
+    page.context.close()

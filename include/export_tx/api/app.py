@@ -9,6 +9,7 @@ transactions — anyone else's answer 404, exactly like a transaction that does 
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import secrets
 from datetime import UTC, datetime
@@ -277,4 +278,4 @@ def me(user: GetUserDep) -> dict[str, Any]:
 def exports_page(user: GetUserDep) -> HTMLResponse:
     """The Exports page shown inside the Airflow UI (plugin external view)."""
     page = (STATIC / "exports.html").read_text()
-    return HTMLResponse(page.replace("{{USER}}", quote(user.get_name())))
+    return HTMLResponse(page.replace("{{USER}}", html.escape(user.get_name())))
