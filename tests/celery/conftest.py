@@ -246,7 +246,9 @@ class Deployment:
             self.stack.start_worker(name, queues=list(self.broker.queues.values()))
         self.stack.wait_workers(WORKERS, timeout=120)
 
-    def wait_header(self, tx_id: str, until: Callable[[Header], bool], timeout: float = 240) -> Header:
+    def wait_header(
+        self, client: httpx.Client, tx_id: str, until: Callable[[Header], bool], timeout: float = 240
+    ) -> Header:
         deadline = time.monotonic() + timeout
         header = None
         while time.monotonic() < deadline:
@@ -254,12 +256,16 @@ class Deployment:
             if header is not None and until(header):
                 return header
             time.sleep(0.5)
-        raise AssertionError(f"{tx_id}: condition not reached in {timeout:.0f} s; header {header}\n{self.logs()}")
+        tis = "\n".join(
+            f"{t['task_id']}[{t['map_index']}] {t['state']} try {t['try_number']} on {t['hostname'] or '-'}"
+            for t in self.task_instances(client, tx_id)
+        )
+        raise AssertionError(f"{tx_id}: not reached in {timeout:.0f} s; header {header}\n{tis}\n{self.logs()}")
 
     def task_instances(self, client: httpx.Client, run_id: str) -> list[dict[str, Any]]:
         answer = client.get(f"{RUNS}/{quote(run_id, safe='')}/taskInstances", params={"limit": 100})
         answer.raise_for_status()
-        return list(answer.json()["task_instances"])
+        return sorted(answer.json()["task_instances"], key=lambda t: (t["task_id"], t["map_index"]))
 
     def logs(self, lines: int = 25) -> str:
         """The ends of the worker and scheduler logs, for failure messages."""
@@ -293,9 +299,14 @@ def deployment(session_dir: Path, s3: S3, source: Source, broker: Broker) -> Ite
                 "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
                 "AIRFLOW__OPERATORS__DEFAULT_QUEUE": broker.queues["default"],
                 "AIRFLOW__CORE__HOSTNAME_CALLABLE": "export_tx.devstack.hostname",
-                # A killed worker's tasks are failed (and retried elsewhere) within seconds.
+                # A killed worker's running tasks are failed (and retried elsewhere) within seconds ...
                 "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
                 "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
+                # ... and one it had received but not started yet (still "queued": no heartbeat to
+                # miss) is re-queued after this, not after the default 600 s. Here tasks start
+                # within a second or two of being queued (parallelism 4 = the workers' 4 slots).
+                "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "30",
+                "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL": "5",
                 "EXPORT_TX_BATCH_QUEUE": broker.queues["batch"],
                 "EXPORT_TX_MERGE_QUEUE": broker.queues["merge"],
                 "EXPORT_TX_STORE_CONN_ID": "export_tx_store",
@@ -304,6 +315,8 @@ def deployment(session_dir: Path, s3: S3, source: Source, broker: Broker) -> Ite
                 "EXPORT_TX_STORAGE_URI": f"s3://export_s3@{s3.bucket}/exports",
                 "AIRFLOW_CONN_EXPORT_S3": json.dumps(aws),
                 "EXPORT_TX_RETRY_DELAY_SECONDS": "1",
+                # Only the exports under test on the workers' four slots: no scheduled housekeeping.
+                "EXPORT_TX_HOUSEKEEPING_SCHEDULE": "none",
             },
         )
         store = HeaderStore("postgresql+psycopg://" + source.dsn.split("://", 1)[1])

@@ -22,7 +22,7 @@ import pytest
 from export_tx import storage
 from export_tx.states import State
 from export_tx.store import Header
-from tests.celery.conftest import Deployment
+from tests.celery.conftest import Deployment, file_facts
 
 pytestmark = pytest.mark.stack
 
@@ -49,8 +49,6 @@ def _check_file_on_s3(celery: Deployment, header: Header) -> bytes:
     assert len(body) == header.result_bytes
     assert hashlib.sha256(body).hexdigest() == header.result_sha256
     table = pq.read_table(io.BytesIO(body))
-    from tests.celery.conftest import file_facts
-
     assert file_facts(table) == celery.source.facts  # same rows, once each, e-mails masked
     emails = table["customer_email"].to_pylist()
     assert all("***@" in e and not e.startswith("customer") for e in emails[:1000])
@@ -69,7 +67,7 @@ def test_batches_run_on_both_workers_and_the_file_lands_on_s3(celery: Deployment
         assert answer.status_code == 202, answer.text
         tx_id = answer.json()["id"]
 
-        header = celery.wait_header(tx_id, _terminal)
+        header = celery.wait_header(client, tx_id, _terminal)
         assert header.state == State.SUCCEEDED, f"{header.error}\n{celery.logs()}"
         assert header.batches_total == 10
         assert celery.stack.wait_run(client, tx_id, timeout=120) == "success"
@@ -111,42 +109,49 @@ def test_a_killed_worker_costs_a_retry_on_the_other_worker_not_a_row(celery: Dep
         run = celery.stack.trigger(client, {"definition": "orders", "params": {}, "batch_size": batch_size})
         tx_id = run["dag_run_id"]
 
-        # Wait until w1 is in the middle of a batch, then take the whole worker down at once.
+        # As soon as a batch runs on w1, take the whole worker down at once (a lost host).
         deadline = time.monotonic() + 180
         victims: list[dict[str, Any]] = []
         while not victims:
             assert time.monotonic() < deadline, f"no batch ran on w1\n{celery.logs()}"
-            tis = _batches(celery.task_instances(client, tx_id))
-            victims = [t for t in tis if t["state"] == "running" and t["hostname"] == "w1"]
+            victims = [
+                t
+                for t in _batches(celery.task_instances(client, tx_id))
+                if t["state"] == "running" and t["hostname"] == "w1"
+            ]
             if not victims:
                 time.sleep(0.2)
-        killed_at = time.monotonic()
         celery.stack.stop_worker("w1", kill=True)
         assert "w1" not in celery.stack.worker_pids()
-        assert celery.stack.worker_processes("w1") == []  # task runners included
+        assert celery.stack.worker_processes("w1") == []  # its task runners too (own process groups)
 
-        header = celery.wait_header(tx_id, _terminal, timeout=240)
-        recovered_in = time.monotonic() - killed_at
+        header = celery.wait_header(client, tx_id, _terminal)
         assert header.state == State.SUCCEEDED, f"{header.error}\n{celery.logs()}"
         assert header.batches_total == 8
         assert celery.stack.wait_run(client, tx_id, timeout=120) == "success"
+        batches = {t["map_index"]: t for t in _batches(celery.task_instances(client, tx_id))}
 
-        tis = _batches(celery.task_instances(client, tx_id))
-    assert {t["state"] for t in tis} == {"success"}
-    by_index = {t["map_index"]: t for t in tis}
+    assert sorted(batches) == list(range(8)) and {t["state"] for t in batches.values()} == {"success"}
+    # The scheduler failed the killed batch once its heartbeat stopped; the retry ran on w2.
+    # (A victim that finished in the instant before the kill keeps its first try on w1.)
+    retried = [batches[v["map_index"]] for v in victims if batches[v["map_index"]]["try_number"] > v["try_number"]]
+    assert retried, f"no batch was interrupted: {victims} → {batches}"
+    assert {t["hostname"] for t in retried} == {"w2"}
     for victim in victims:
-        again = by_index[victim["map_index"]]
-        # Failed by the scheduler once its heartbeat stopped, then retried on the surviving worker.
-        assert again["try_number"] > victim["try_number"], (victim, again)
-        assert again["hostname"] == "w2", again
-    # Every batch that started after the kill ran on w2.
-    assert recovered_in < 200
+        final = batches[victim["map_index"]]
+        assert final in retried or (final["hostname"] == "w1" and final["try_number"] == victim["try_number"])
 
-    _check_file_on_s3(celery, header)
-    events = celery.store.events(tx_id, limit=1000)
-    done = [e for e in events if e.kind == "batch"]
-    # A batch w1 had finished writing before it died may be recorded twice — counted once.
-    assert {e.data["batch_no"] for e in done if e.data} == set(range(1, 9))
-    assert all("counted once" in e.message for e in done if e.data and done.count(e) > 1)
+    _check_file_on_s3(celery, header)  # every row exactly once
+    recorded: dict[int, list[str]] = {}
+    for event in celery.store.events(tx_id, limit=1000):
+        if event.kind == "batch" and event.data:
+            recorded.setdefault(int(event.data["batch_no"]), []).append(event.message)
+    assert sorted(recorded) == list(range(1, 9))
+    # A batch that w1 had written just before it died is recorded again by its retry: counted once.
+    for messages in recorded.values():
+        assert " done: " in messages[0] and all("re-run, counted once" in m for m in messages[1:]), messages
+    # Batch N is map index N - 1. Only batches Airflow ran again were started twice.
     attempts = {b.batch_no: b.attempts for b in celery.store.plan(tx_id)}
-    assert sum(attempts.values()) >= 8
+    again = {i + 1 for i, t in batches.items() if t["try_number"] > 1}
+    assert {n: a for n, a in attempts.items() if n not in again} == {n: 1 for n in attempts if n not in again}
+    assert all(attempts[n] in (1, 2) for n in again), attempts
