@@ -95,6 +95,8 @@ class AirflowStack:
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
                 "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
                 "EXPORT_TX_PUBLIC_URL": f"http://localhost:{self.port}",
+                # Marks every process of this stack, task runners in their own process groups too.
+                "EXPORT_TX_STACK_HOME": str(self.home),
             }
         )
         env.update(self.extra_env)
@@ -153,14 +155,24 @@ class AirflowStack:
             _signal_group(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and (
-            any(_group_alive(p) for p in pids.values()) or any(self.worker_processes(n) for n in workers)
+            any(_group_alive(p) for p in pids.values())
+            or any(self.worker_processes(n) for n in workers)
+            or self._marked_processes()
         ):
             time.sleep(0.3)
         for pid in pids.values():
             _signal_group(pid, signal.SIGKILL)
         for name in workers:
             self._kill_worker_tree(name, workers[name])
+        for pid in self._marked_processes():  # e.g. a task runner orphaned by a killed executor
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.state_file.unlink(missing_ok=True)
+
+    def _marked_processes(self) -> list[int]:
+        return _processes_with_env({f"EXPORT_TX_STACK_HOME={self.home}".encode()})
 
     # -- Celery workers ----------------------------------------------------------------
 
