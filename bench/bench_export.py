@@ -391,7 +391,7 @@ def run_product(expected_rows: int, batch_size: int, port: int) -> Result:
             started = time.perf_counter()
             try:
                 run_id = str(stack.trigger(client, conf)["dag_run_id"])
-                header, wall = wait_header(stack, client, store, run_id, started)
+                header, wall = wait_header(client, store, run_id, started)
             finally:
                 sampler.stop()
                 stack_pids = set(sampler.seen)
@@ -446,7 +446,7 @@ def run_product(expected_rows: int, batch_size: int, port: int) -> Result:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def wait_header(stack: Any, client: Any, store: Any, run_id: str, started: float) -> tuple[Any, float]:
+def wait_header(client: Any, store: Any, run_id: str, started: float) -> tuple[Any, float]:
     """Poll the transaction header until it is terminal; return it and the seconds since ``started``."""
     import sqlalchemy as sa
 
