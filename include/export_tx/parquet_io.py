@@ -99,24 +99,40 @@ def write_parquet(
     return rows
 
 
-def copy_row_groups(sink: Any, schema: pa.Schema, parts: Iterable[Any]) -> int:
-    """Concatenate Parquet parts (open binary files, in order) into ``sink``, one row group
-    at a time; return the rows written. Every part must carry ``schema``."""
+def copy_row_groups(sink: Any, schema: pa.Schema, parts: Iterable[Any], row_group_rows: int = ROW_GROUP_ROWS) -> int:
+    """Concatenate Parquet parts (binary files, opened lazily in order, closed here) into ``sink``; return the rows
+    written. Every part must carry ``schema``. Small row groups (parts of small batches) are
+    gathered into groups of ~``row_group_rows``; memory stays bounded by about one group."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     rows = 0
+    pending: list[pa.Table] = []
+    pending_rows = 0
     with pq.ParquetWriter(sink, schema, compression=COMPRESSION) as writer:
+
+        def flush() -> None:
+            nonlocal pending, pending_rows
+            if pending:
+                writer.write_table(pa.concat_tables(pending), row_group_size=max(pending_rows, 1))
+                pending, pending_rows = [], 0
+
         for index, source in enumerate(parts):
-            part = pq.ParquetFile(source)
-            if not part.schema_arrow.equals(schema, check_metadata=False):
-                raise ExportError(
-                    f"part {index + 1} has another schema than the export "
-                    f"({part.schema_arrow} vs {schema}); declare the definition's schema"
-                )
-            for group in range(part.num_row_groups):
-                table = part.read_row_group(group)
-                writer.write_table(table, row_group_size=max(table.num_rows, 1))
-                rows += table.num_rows
+            with source:
+                part = pq.ParquetFile(source)
+                if not part.schema_arrow.equals(schema, check_metadata=False):
+                    raise ExportError(
+                        f"part {index + 1} has another schema than the export "
+                        f"({part.schema_arrow} vs {schema}); declare the definition's schema"
+                    )
+                for group in range(part.num_row_groups):
+                    table = part.read_row_group(group)
+                    if pending_rows and pending_rows + table.num_rows > row_group_rows:
+                        flush()
+                    pending.append(table)
+                    pending_rows += table.num_rows
+                    rows += table.num_rows
+        flush()
     return rows
 
 

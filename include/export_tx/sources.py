@@ -122,14 +122,55 @@ def connect(source: Source) -> Iterator[Any]:
         conn.close()
 
 
+_PG_CASTS: tuple[tuple[type, str], ...] = ((bool, "boolean"), (int, "bigint"), (float, "double precision"))
+
+
+def to_session_settings(sql: str, params: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
+    """PostgreSQL: rewrite each ``:name`` to read a session setting, returned to be set by binding.
+
+    The ADBC PostgreSQL driver streams a result (COPY) only for a query without bind parameters;
+    with parameters it materialises the whole result in memory. So the values are bound to
+    ``set_config()`` in a statement of their own and the streamed query reads them back with
+    ``current_setting()`` — still bound, never formatted into SQL. NULL is the keyword itself.
+    """
+    settings: dict[str, str] = {}
+
+    def repl(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in params:
+            raise KeyError(f"SQL placeholder :{name} has no value")
+        value = params[name]
+        if value is None:
+            return "CAST(NULL AS text)"
+        setting = f"export_tx.p_{name}"
+        settings[setting] = str(value).lower() if isinstance(value, bool) else str(value)
+        read = f"current_setting('{setting}')"
+        for kind, pg_type in _PG_CASTS:
+            if isinstance(value, kind):
+                return f"CAST({read} AS {pg_type})"
+        return read
+
+    return _PLACEHOLDER.sub(repl, sql), settings
+
+
 @contextmanager
 def stream(source: Source, sql: str, params: Mapping[str, Any]) -> Iterator[pa.RecordBatchReader]:
-    """Run ``sql`` with bound ``params``; yield the result as a stream of Arrow record batches."""
-    text, values = to_positional(sql, source.dialect, params)
+    """Run ``sql`` with bound ``params``; yield the result as a stream of Arrow record batches
+    (memory bounded by the driver's batch size, whatever the result's size)."""
     with connect(source) as conn:
         cur = conn.cursor()
         try:
-            cur.execute(text, bind_batch(values) if values else None)
+            if isinstance(source, PostgresSource):
+                text, settings = to_session_settings(sql, params)
+                if settings:
+                    calls = ", ".join(f"set_config(${2 * i + 1}, ${2 * i + 2}, false)" for i in range(len(settings)))
+                    values = [v for item in settings.items() for v in item]
+                    cur.execute(f"SELECT {calls}", bind_batch(values))  # only $n placeholders
+                    cur.fetchall()
+                cur.execute(text)
+            else:
+                text, positional = to_positional(sql, source.dialect, params)
+                cur.execute(text, bind_batch(positional) if positional else None)
             yield cur.fetch_record_batch()
         finally:
             cur.close()

@@ -217,7 +217,11 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(conn: Connection) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # Writers take the write lock up front; readers (status polls) never wait for it.
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
+
+
+_WRITE = "export_tx_write"
 
 
 @cache
@@ -282,7 +286,7 @@ class HeaderStore:
 
     def ensure_schema(self) -> None:
         """Create the tables if missing; safe to call from many processes at once."""
-        with self.engine.begin() as conn:
+        with self._tx() as conn:
             if conn.dialect.name == "postgresql":
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(727270001)"))
             metadata.create_all(conn, checkfirst=True)
@@ -290,8 +294,11 @@ class HeaderStore:
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
-            yield conn
+        """A write transaction (on SQLite: BEGIN IMMEDIATE, so read-then-write never deadlocks)."""
+        with self.engine.connect() as conn:
+            conn.execution_options(**{_WRITE: True})
+            with conn.begin():
+                yield conn
 
     # -- headers -----------------------------------------------------------------------
 
