@@ -95,7 +95,9 @@ def _size(n: int) -> str:
     return f"{value:,.1f} GB"
 
 
-def follow(client: httpx.Client, tx_id: str, *, interval: float = 1.0, timeout: float = 24 * 3600) -> dict[str, Any]:
+def follow(
+    client: httpx.Client, tx_id: str, *, interval: float = 1.0, timeout: float = 24 * 3600, start_timeout: float = 30
+) -> dict[str, Any]:
     """Poll the status with a progress bar until the transaction ends; return the final status."""
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
@@ -105,8 +107,15 @@ def follow(client: httpx.Client, tx_id: str, *, interval: float = 1.0, timeout: 
         TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), transient=False,
     ) as bar:  # fmt: skip
         task = bar.add_task("export", total=100, state="", detail="")
+        appear_by = time.monotonic() + start_timeout
         while True:
-            tx = _check(client.get(_tx_path(tx_id)))
+            answer = client.get(_tx_path(tx_id))
+            if answer.status_code == 404 and time.monotonic() < appear_by:
+                # A run triggered through Airflow's own API gets its header from its first task.
+                bar.update(task, state="QUEUED", detail="waiting for the run to start")
+                time.sleep(interval)
+                continue
+            tx = _check(answer)
             p = tx["progress"]
             batches = f"batches {p['batches_done']}/{p['batches_total']}" if p["batches_total"] is not None else ""
             bar.update(task, completed=p["percent"], state=tx["state"],

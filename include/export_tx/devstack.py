@@ -506,7 +506,7 @@ def run_demo(rows: int) -> int:
             from export_tx.cli import follow
             from export_tx.store import HeaderStore
 
-            follow(client, run_id)
+            follow(client, run_id, start_timeout=300)
             header = HeaderStore.from_settings().get(run_id)
         _summary(stack, header)
         return 0 if header.state.value == "SUCCEEDED" else 1

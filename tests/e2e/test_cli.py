@@ -68,3 +68,12 @@ def test_cancel(stack: AirflowStack) -> None:
     assert cancelled.returncode == 0, cancelled.stderr
     assert cancelled.stdout.strip() == f"{tx_id} CANCELLED"
     assert store().get(tx_id).cancelled_by == "analyst"
+
+
+def test_wait_follows_a_run_triggered_through_airflows_api(stack: AirflowStack) -> None:
+    """What make demo does: trigger via the stable REST API, then follow before the header exists."""
+    with stack.client("analyst") as client:
+        run_id = stack.trigger(client, {"definition": "demo_orders", "params": {"status": "paid"}})["dag_run_id"]
+    followed = _cli(stack, "status", run_id, "--wait")
+    assert followed.returncode == 0, followed.stderr
+    assert "state      SUCCEEDED" in followed.stdout and "result     2,000 rows" in followed.stdout
