@@ -56,13 +56,6 @@ def pg_source(pg_database: str, monkeypatch_module: pytest.MonkeyPatch) -> Postg
     return PostgresSource("skewed_pg")
 
 
-@pytest.fixture(scope="module")
-def monkeypatch_module() -> pytest.MonkeyPatch:
-    mp = pytest.MonkeyPatch()
-    yield mp  # type: ignore[misc]
-    mp.undo()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def source(request: pytest.FixtureRequest) -> SqliteSource | PostgresSource:
     return request.getfixturevalue("sqlite_source" if request.param == "sqlite" else "pg_source")

@@ -34,13 +34,6 @@ def big_orders(pg_database: str, monkeypatch_module: pytest.MonkeyPatch) -> Post
     return PostgresSource("big_pg")
 
 
-@pytest.fixture(scope="module")
-def monkeypatch_module() -> pytest.MonkeyPatch:
-    mp = pytest.MonkeyPatch()
-    yield mp  # type: ignore[misc]
-    mp.undo()
-
-
 def test_postgres_streams_in_many_batches_with_bound_values(big_orders: PostgresSource, pg_database: str) -> None:
     hostile = "shipped' OR '1'='1"
     sql = "SELECT * FROM orders_big WHERE order_id >= :lo AND (status = :status OR :status2 IS NULL)"
