@@ -26,12 +26,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
 REPO = Path(__file__).resolve().parents[2]
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 DEMO_USERS = "admin:admin,analyst:user,viewer:viewer"
+
+
+# Airflow's [database] sql_alchemy_connect_args for the embedded SQLite metadata database.
+SQLITE_CONNECT_ARGS: dict[str, Any] = {"timeout": 30}
 
 
 class StackError(RuntimeError):
@@ -100,6 +105,9 @@ class AirflowStack:
             }
         )
         env.update(self.extra_env)
+        if env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "sqlite").startswith("sqlite"):
+            # Several components share one SQLite file: wait for a lock instead of failing at once.
+            env.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS", "export_tx.devstack.SQLITE_CONNECT_ARGS")
         return env
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -377,13 +385,26 @@ class AirflowStack:
     def trigger(
         self, client: httpx.Client, conf: dict[str, Any], run_id: str | None = None, dag_id: str = "export_transaction"
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {"logical_date": None, "conf": conf}
-        if run_id:
-            body["dag_run_id"] = run_id
-        answer = client.post(f"/api/v2/dags/{dag_id}/dagRuns", json=body)
-        if answer.status_code != 200:
-            raise StackError(f"trigger refused: {answer.status_code} {answer.text[:500]}")
-        return dict(answer.json())
+        """Trigger a run through the stable REST API (no logical date).
+
+        The run id is chosen here, so a retry after a server error (SQLite metadata can be
+        briefly locked on the embedded default) can never create a second run: it finds the first.
+        """
+        from datetime import UTC, datetime
+
+        run_id = run_id or f"manual__{datetime.now(UTC).isoformat()}"
+        body: dict[str, Any] = {"dag_run_id": run_id, "logical_date": None, "conf": conf}
+        url = f"/api/v2/dags/{dag_id}/dagRuns"
+        for attempt in range(4):
+            answer = client.post(url, json=body)
+            if answer.status_code == 200:
+                return dict(answer.json())
+            if answer.status_code == 409 and attempt:  # an earlier attempt did create it
+                return dict(client.get(f"{url}/{quote(run_id, safe='')}").json())
+            if answer.status_code < 500:
+                break
+            time.sleep(1 + attempt)
+        raise StackError(f"trigger refused: {answer.status_code} {answer.text[:500]}")
 
     def wait_run(
         self, client: httpx.Client, run_id: str, timeout: float = 600, dag_id: str = "export_transaction"

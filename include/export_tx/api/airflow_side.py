@@ -10,20 +10,37 @@ from export_tx.settings import DAG_ID
 
 def trigger_run(tx_id: str, conf: dict[str, Any], user_name: str) -> None:
     """Create the run ``tx_id`` (no logical date), exactly like ``POST …/dagRuns``."""
+    import time
+
     from airflow.api.common.trigger_dag import trigger_dag
+    from airflow.exceptions import DagRunAlreadyExists
     from airflow.utils.session import create_session
     from airflow.utils.types import DagRunTriggeredByType
+    from sqlalchemy.exc import OperationalError
 
-    with create_session() as session:
-        trigger_dag(
-            DAG_ID,
-            triggered_by=DagRunTriggeredByType.REST_API,
-            triggering_user_name=user_name,
-            run_id=tx_id,
-            conf=conf,
-            logical_date=None,
-            session=session,
-        )
+    for attempt in range(3):
+        try:
+            with create_session() as session:
+                trigger_dag(
+                    DAG_ID,
+                    triggered_by=DagRunTriggeredByType.REST_API,
+                    triggering_user_name=user_name,
+                    run_id=tx_id,
+                    conf=conf,
+                    logical_date=None,
+                    session=session,
+                )
+            return
+        except DagRunAlreadyExists:
+            if attempt:  # the earlier attempt committed after all
+                return
+            raise
+        except OperationalError:
+            # The embedded SQLite metadata database can be locked for a moment; the run id is
+            # fixed, so trying again never makes a second run.
+            if attempt == 2:
+                raise
+            time.sleep(1 + attempt)
 
 
 def stop_run(tx_id: str) -> bool:
