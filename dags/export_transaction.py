@@ -95,8 +95,6 @@ def finalize_transaction() -> None:
 
     context = get_current_context()
     outcome = pipeline.finalize(_store(), context["run_id"])
-    if outcome.closed:
-        raise AirflowSkipException(outcome.message)
     if outcome.succeeded:
         raise AirflowSkipException("the export succeeded")
     raise AirflowFailException(outcome.message)

@@ -31,9 +31,10 @@ def cancel(store: HeaderStore, tx_id: str, actor: str, stop_run: Callable[[str],
         return False
     try:
         stop_run(tx_id)
-    except Exception:  # the header is the source of truth; tasks check it and stop themselves
+    except Exception as exc:  # the header is the source of truth; tasks check it and stop themselves
         log.exception("could not stop the Airflow run %s", tx_id)
-        store.add_event(tx_id, "error", "the Airflow run could not be stopped; its tasks will stop on their own")
+        store.add_event(tx_id, "info", f"the Airflow run could not be stopped at once ({type(exc).__name__}); "
+                        "its remaining tasks stop on their own and the run ends failed")  # fmt: skip
     cleanup(store, store.get(tx_id), "cancelled")
     return True
 

@@ -238,8 +238,6 @@ def _empty_schema(definition: Any, params: dict[str, Any]) -> Any:
 class Outcome:
     succeeded: bool
     message: str
-    #: Ended otherwise (cancelled): nothing for this task to do.
-    closed: bool = False
 
 
 def finalize(store: HeaderStore, tx_id: str) -> Outcome:
@@ -258,7 +256,8 @@ def finalize(store: HeaderStore, tx_id: str) -> Outcome:
     if header.state == State.SUCCEEDED:
         return Outcome(True, "succeeded")
     if header.state == State.CANCELLED:
-        return Outcome(False, "the export was cancelled", closed=True)
+        # Normally the run was already marked failed by whoever cancelled; if not, it ends failed here.
+        return Outcome(False, f"the export was cancelled by {header.cancelled_by or 'someone'}")
     last = store.last_event(tx_id, "error")
     message = (
         last.message if last is not None else ("a step of the export failed; the Airflow task log has the details")

@@ -45,7 +45,9 @@ REQUIRED_EXPORT_TX = {
 # business in the containers' environment.
 CLIENT_MODULES = {"cli.py", "devstack.py"}
 # devstack settings that are specific to one machine running every component on loopback.
-DEVSTACK_ONLY = {"AIRFLOW__API__HOST", "AIRFLOW__API__PORT", "AIRFLOW__API__WORKERS"}
+DEVSTACK_ONLY = {"AIRFLOW__API__HOST", "AIRFLOW__API__PORT", "AIRFLOW__API__WORKERS",
+                 # only for the embedded SQLite metadata database; compose runs PostgreSQL
+                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS"}  # fmt: skip
 
 
 # -- loading ---------------------------------------------------------------------------------------

@@ -46,6 +46,8 @@ def trigger_run(tx_id: str, conf: dict[str, Any], user_name: str) -> None:
 def stop_run(tx_id: str) -> bool:
     """Mark the run failed, like ``PATCH …/dagRuns/{id} {"state": "failed"}``: running task
     instances are failed (their processes stop) and pending ones skipped."""
+    import time
+
     from airflow.api_fastapi.common.dagbag import get_dag_for_run
     from airflow.api_fastapi.core_api.datamodels.dag_run import DagRunMutableStates
     from airflow.api_fastapi.core_api.services.public.dag_run import patch_dag_run_state
@@ -54,14 +56,22 @@ def stop_run(tx_id: str) -> bool:
     from airflow.utils.session import create_session
     from airflow.utils.state import DagRunState
     from sqlalchemy import select
+    from sqlalchemy.exc import OperationalError
 
-    with create_session() as session:
-        dag_run = session.scalar(select(DagRun).where(DagRun.dag_id == DAG_ID, DagRun.run_id == tx_id))
-        if dag_run is None or dag_run.state in (DagRunState.SUCCESS, DagRunState.FAILED):
-            return False
-        dag = get_dag_for_run(DBDagBag(), dag_run, session=session)
-        patch_dag_run_state(dag=dag, dag_run=dag_run, state=DagRunMutableStates.FAILED, session=session)
-    return True
+    for attempt in range(3):
+        try:
+            with create_session() as session:
+                dag_run = session.scalar(select(DagRun).where(DagRun.dag_id == DAG_ID, DagRun.run_id == tx_id))
+                if dag_run is None or dag_run.state in (DagRunState.SUCCESS, DagRunState.FAILED):
+                    return False
+                dag = get_dag_for_run(DBDagBag(), dag_run, session=session)
+                patch_dag_run_state(dag=dag, dag_run=dag_run, state=DagRunMutableStates.FAILED, session=session)
+            return True
+        except OperationalError:  # a briefly locked SQLite metadata database: try again
+            if attempt == 2:
+                raise
+            time.sleep(1 + attempt)
+    return False
 
 
 def is_admin(user: Any) -> bool:
