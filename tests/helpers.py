@@ -42,10 +42,6 @@ def read_result(uri: str) -> list[tuple[Any, ...]]:
     return [tuple(row.values()) for row in table.to_pylist()]
 
 
-def rows_digest(rows: list[tuple[Any, ...]]) -> str:
-    return hashlib.sha256(repr(rows).encode()).hexdigest()
-
-
 def demo_source_rows(db: Path, where: str = "1 = 1", args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     """The demo rows straight from SQLite (stdlib driver, not the product's ADBC path)."""
     from datetime import datetime
