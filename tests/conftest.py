@@ -33,6 +33,8 @@ os.environ.update(
         "EXPORT_TX_STORAGE_URI": f"file://{_SESSION_DIR / 'exports'}",
         "EXPORT_TX_DEMO_DB": str(_SESSION_DIR / "demo_source.db"),
         "EXPORT_TX_RETRY_DELAY_SECONDS": "0.5",
+        # The team's own definitions (YAML and Python) beside the shipped ones, in every test.
+        "EXPORT_TX_DEFINITIONS_PATH": str(REPO / "tests" / "definitions"),
     }
 )
 os.environ.pop("EXPORT_TX_STORE_CONN_ID", None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import sqlite3
 from functools import cache
@@ -24,12 +25,22 @@ def export_dag() -> Any:
 
     bag = DagBag(dag_folder=str(Path(__file__).resolve().parents[1] / "dags"))
     assert not bag.import_errors, bag.import_errors
-    return bag.dags["export_transaction"]
+    dag = bag.dags["export_transaction"]
+    _DEFAULTS.update(copy.deepcopy(dag.params.dump()))
+    return dag
+
+
+_DEFAULTS: dict[str, Any] = {}
 
 
 def run_export(conf: dict[str, Any]) -> Any:
-    """One whole run with ``dag.test(logical_date=None)``, as UI and REST runs have no logical date."""
-    return export_dag().test(logical_date=None, run_conf=conf)
+    """One whole run with ``dag.test(logical_date=None)``, as UI and REST runs have no logical date.
+
+    Every Param is given (its default unless ``conf`` says otherwise): ``dag.test`` keeps the last
+    run's conf in the DAG's Params, which would leak into the next run of the session.
+    """
+    dag = export_dag()
+    return dag.test(logical_date=None, run_conf={**copy.deepcopy(_DEFAULTS), **conf})
 
 
 def local_path(uri: str) -> Path:

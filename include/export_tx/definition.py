@@ -1,24 +1,45 @@
 """What an export is: a named, reviewed query with its parameters, limits and transform.
 
-A data team adds an export by adding one file to ``export_tx/definitions/`` that sets
-``DEFINITION = ExportDefinition(...)``. No DAG code changes; the DAG's ``definition`` Param
-lists every registered name.
+A data team adds an export by adding one file: a Python module setting
+``DEFINITION = ExportDefinition(...)`` (for transforms), or a YAML file with the same fields
+(:mod:`export_tx.definition_files`), in ``export_tx/definitions/`` or in a folder named by
+``EXPORT_TX_DEFINITIONS_PATH``. No DAG code changes; the DAG's ``definition`` Param lists every
+registered name.
+
+Types come from the source. ``columns`` names only the columns whose type the team wants
+different (an override); it never selects columns — the query does. The older ``schema``
+(a function returning the whole ``pyarrow`` schema) still works: it must then list every column.
 """
 
 from __future__ import annotations
 
 import copy
+import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from export_tx.errors import FieldError, RequestInvalid
-from export_tx.sources import Source, check_identifier
+from export_tx.sources import WRAPPER_PREFIX, Source, check_identifier, placeholders
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
 Transform = Callable[["pa.RecordBatch"], "pa.RecordBatch"]
+
+#: Query parameters of ``…/preview`` that are not the definition's own.
+RESERVED_PARAMS = ("batch_size", "rows")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,99}$")
+
+
+class BadDefinition(ValueError):
+    """An :class:`ExportDefinition` built with mistakes; ``errors`` names each field."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(str(e) for e in errors))
 
 
 @dataclass(frozen=True)
@@ -28,23 +49,83 @@ class ExportDefinition:
     source: Source
     #: A SELECT with ``:param`` placeholders for every parameter (unset ones bind NULL).
     sql: str
-    #: Column the planner splits on: an integer or text column, unique and never NULL.
+    #: Column the planner splits on: unique and never NULL (an integer or text column is best).
     key_column: str
     #: JSON schema ``properties`` of the definition's parameters.
     params: Mapping[str, Any] = field(default_factory=dict)
     required: tuple[str, ...] = ()
     max_rows: int = 50_000_000
     retention_days: int = 7
-    #: Declared Arrow schema of the query's columns: every part is cast to it, so parts agree
-    #: even when a batch's values would infer another type (all NULL, PostgreSQL numeric).
+    #: Type overrides by column name (``pyarrow`` types or names such as ``"decimal(18,2)"``).
+    #: Only where the team wants another type than the source's; every cast must keep every value.
+    columns: Mapping[str, Any] = field(default_factory=dict)
+    #: Older form: a function returning the whole schema. Must list every column the query returns.
     schema: Callable[[], pa.Schema] | None = None
     #: Optional vectorised per-row processing over each Arrow record batch.
     transform: Transform | None = None
+    #: The file the definition came from (for messages); None for the shipped ones.
+    origin: str | None = None
 
     def __post_init__(self) -> None:
-        check_identifier(self.key_column)
-        if not self.name.replace("_", "").isalnum():
-            raise ValueError(f"definition name {self.name!r} must be letters, digits and _")
+        problems = self.problems()
+        if problems:
+            raise BadDefinition(problems)
+
+    def problems(self) -> list[FieldError]:
+        """Every mistake in the definition, each naming its field."""
+        import jsonschema
+
+        from export_tx.typemap import check_type_name
+
+        found: list[FieldError] = []
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            found.append(FieldError("name", "must start with a letter and hold only letters, digits and _"))
+        try:
+            check_identifier(self.key_column)
+        except (ValueError, TypeError):
+            found.append(FieldError("key_column", "must be a plain column name (letters, digits, _)"))
+        if not isinstance(self.sql, str) or not self.sql.strip():
+            found.append(FieldError("sql", "must be a SELECT statement"))
+        elif self.sql.strip().rstrip(";").count(";"):
+            found.append(FieldError("sql", "must be a single statement"))
+        if not isinstance(self.params, Mapping):
+            found.append(FieldError("params", "must map parameter names to JSON schemas"))
+            return found
+        for name, spec in self.params.items():
+            if not isinstance(name, str) or not _NAME.match(name) or name.startswith(WRAPPER_PREFIX):
+                found.append(FieldError(f"params.{name}", "a parameter name is letters, digits and _, "
+                                        f"not starting with {WRAPPER_PREFIX}"))  # fmt: skip
+            elif name in RESERVED_PARAMS:
+                found.append(FieldError(f"params.{name}", f"reserved; not allowed: {', '.join(RESERVED_PARAMS)}"))
+            if not isinstance(spec, Mapping):
+                found.append(FieldError(f"params.{name}", "must be a JSON schema (a mapping)"))
+                continue
+            try:
+                jsonschema.Draft202012Validator.check_schema(dict(spec))
+            except jsonschema.SchemaError as exc:
+                found.append(FieldError(f"params.{name}", f"not a valid JSON schema: {exc.message}"))
+        for name in self.required:
+            if name not in self.params:
+                found.append(FieldError("required", f"{name!r} is not a declared parameter"))
+        if isinstance(self.sql, str):
+            for name in sorted(set(placeholders(self.sql)) - set(self.params)):
+                found.append(FieldError("sql", f"placeholder :{name} is not a declared parameter"))
+        for label, value, low in (("max_rows", self.max_rows, 1), ("retention_days", self.retention_days, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                found.append(FieldError(label, f"must be a whole number of at least {low}"))
+        if not isinstance(self.columns, Mapping):
+            found.append(FieldError("columns", "must map column names to types"))
+        else:
+            for column, kind in self.columns.items():
+                try:
+                    check_type_name(kind)
+                except ValueError as exc:
+                    found.append(FieldError(f"columns.{column}", str(exc)))
+        if self.columns and self.schema is not None:
+            found.append(FieldError("columns", "declare types either in columns or in schema, not both"))
+        if self.transform is not None and not callable(self.transform):
+            found.append(FieldError("transform", "must be a function RecordBatch -> RecordBatch"))
+        return found
 
     def params_schema(self) -> dict[str, Any]:
         """The JSON schema of ``params``: unknown parameters are always refused."""
@@ -54,6 +135,14 @@ class ExportDefinition:
             "required": list(self.required),
             "additionalProperties": False,
         }
+
+    def overrides(self) -> dict[str, pa.DataType]:
+        """Column name → the type the definition asks for (``columns``, or the older ``schema``)."""
+        from export_tx.typemap import parse_type
+
+        if self.schema is not None:
+            return {f.name: f.type for f in self.schema()}
+        return {name: parse_type(kind) for name, kind in self.columns.items()}
 
     def validate_params(self, params: Any) -> dict[str, Any]:
         """Check ``params`` against the schema; return them (a copy).
@@ -81,6 +170,10 @@ class ExportDefinition:
             else:
                 name = ".".join(str(p) for p in err.path) or "?"
                 errors.append(FieldError(f"params.{name}", _describe(err, self.params.get(name, {}))))
+        bad = {e.field for e in errors}
+        for name, value in params.items():
+            if name in self.params and f"params.{name}" not in bad and (problem := _bindable(value)):
+                errors.append(FieldError(f"params.{name}", problem))
         if errors:
             raise RequestInvalid(errors)
         return dict(params)
@@ -90,13 +183,32 @@ class ExportDefinition:
         return {name: params.get(name) for name in self.params}
 
     def describe(self) -> dict[str, Any]:
-        """What a client sees: name, description, parameter schema, limits."""
+        """What a client sees: name, description, parameter schema, limits, type overrides."""
+        from export_tx.typemap import type_name
+
         return {
             "name": self.name,
             "description": self.description,
             "params_schema": self.params_schema(),
             "limits": {"max_rows": self.max_rows, "retention_days": self.retention_days},
+            "column_types": {name: type_name(t) for name, t in self.overrides().items()},
         }
+
+
+def _bindable(value: Any) -> str | None:
+    """Why a JSON value cannot be bound to a database parameter exactly (None: it can)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+        return f"out of range; allowed: {INT64_MIN} to {INT64_MAX} (a 64-bit integer)"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    if isinstance(value, str) and "\x00" in value:
+        return "must not contain NUL characters"
+    if isinstance(value, list | dict):
+        return None if all(_bindable(v) is None for v in (value.values() if isinstance(value, dict) else value)) \
+            else "holds a value that cannot be bound"  # fmt: skip
+    return None
 
 
 def _describe(err: Any, spec: Mapping[str, Any]) -> str:

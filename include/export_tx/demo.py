@@ -63,8 +63,8 @@ CREATE TABLE demo_orders (
     quantity INTEGER NOT NULL,
     product_sku TEXT NOT NULL,
     country TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
+    created_at TIMESTAMP NOT NULL,
+    updated_at TIMESTAMP NOT NULL,
     note TEXT
 )"""
 
@@ -80,9 +80,10 @@ def generate_demo_sqlite(path: Path, rows: int) -> int:
         with sqlite3.connect(path) as conn:
             try:
                 (count,) = conn.execute("SELECT count(*) FROM demo_orders").fetchone()
-            except sqlite3.DatabaseError:
-                count = -1
-        if count == rows:
+                (ddl,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'demo_orders'").fetchone()
+            except (sqlite3.DatabaseError, TypeError):
+                count, ddl = -1, ""
+        if count == rows and ddl.strip() == DEMO_TABLE_DDL.strip():
             return rows
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -1,7 +1,14 @@
-"""Errors that are part of the interface: each carries a message a user can act on."""
+"""Errors that are part of the interface, and which failures are worth a retry.
+
+Every :class:`ExportError` carries a message a user can act on and ends the transaction at
+once. Anything else is judged by :func:`is_transient`: a lost connection, a timeout, a lock, a
+storage hiccup is retried by Airflow; a mistake in the request or the definition (bad SQL, a
+type that does not match, a value out of range) would fail the same way again, so it is not.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -18,7 +25,7 @@ class FieldError:
 
 
 class ExportError(Exception):
-    """An export failure whose message is safe and useful to show the requester."""
+    """An export failure whose message is safe and useful to show the requester; never retried."""
 
 
 class RequestInvalid(ExportError):
@@ -27,6 +34,34 @@ class RequestInvalid(ExportError):
     def __init__(self, errors: list[FieldError]) -> None:
         self.errors = errors
         super().__init__("invalid request: " + "; ".join(str(e) for e in errors))
+
+
+class DefinitionInvalid(ExportError):
+    """The definition cannot be exported as written: its SQL, a column or an override. ``errors``
+    names each column (``columns.amount``) or field (``sql``, ``key_column``)."""
+
+    def __init__(self, definition: str, errors: list[FieldError]) -> None:
+        self.definition = definition
+        self.errors = errors
+        super().__init__(f"definition {definition!r}: " + "; ".join(str(e) for e in errors))
+
+
+class DataNotExportable(ExportError):
+    """The source holds a value the file's type for that column cannot hold exactly."""
+
+    def __init__(self, column: str, message: str) -> None:
+        self.column = column
+        super().__init__(f"column {column!r}: {message}")
+
+
+class DefinitionFileError(Exception):
+    """A definition file (Python or YAML) that cannot be loaded; names the file and the field."""
+
+    def __init__(self, path: str, field: str | None, message: str) -> None:
+        self.path = path
+        self.field = field
+        where = f"{path}: {field}" if field else path
+        super().__init__(f"{where}: {message}")
 
 
 class TooManyRows(ExportError):
@@ -39,3 +74,89 @@ class IntegrityError(ExportError):
 
 class TransactionClosed(ExportError):
     """The transaction already ended (e.g. cancelled): the step has nothing left to do."""
+
+
+# -- transient or final ---------------------------------------------------------------------------
+
+# SQLSTATE classes and codes worth another attempt: connection exceptions, rollbacks from
+# serialisation failures and deadlocks, resources, locks, operator intervention, system errors.
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57", "58")
+_TRANSIENT_SQLSTATES = {"55P03", "55006", "XX000"}
+# Driver messages (errors raised while a result streams carry no SQLSTATE).
+_TRANSIENT_PHRASES = re.compile(
+    r"timeout|timed out|connection|could not receive|could not send|server closed|terminating|"
+    r"canceling statement|deadlock|could not serialize|lock|shutdown|too many clients|temporarily|"
+    r"database is locked|database table is locked|busy|disk i/o",
+    re.IGNORECASE,
+)
+_FINAL_CONNECT_PHRASES = re.compile(
+    r"password authentication failed|role .* does not exist|database .* does not exist|no pg_hba\.conf|"
+    r"permission denied|invalid authorization",
+    re.IGNORECASE,
+)
+_FINAL_TYPES = (
+    ValueError,  # pyarrow's ArrowInvalid and ArrowTypeError too
+    TypeError,
+    KeyError,
+    AttributeError,
+    IndexError,
+    ZeroDivisionError,
+    NotImplementedError,  # pyarrow's ArrowNotImplementedError too
+    AssertionError,
+    LookupError,
+    UnicodeError,
+    FileNotFoundError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+)
+_FINAL_CLASS_NAMES = {"AirflowNotFoundException", "NoCredentialsError", "ParamValidationError"}
+_TRANSIENT_S3_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
+                       "ServiceUnavailable", "RequestTimeTooSkewed", "503", "500"}  # fmt: skip
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE a database driver attached to ``exc`` (ADBC, psycopg, SQLAlchemy), if any."""
+    for candidate in (exc, getattr(exc, "orig", None)):
+        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if isinstance(code, str) and len(code) == 5:
+            return code
+    return None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when trying again may succeed: lost connections, timeouts, locks, storage hiccups."""
+    if isinstance(exc, ExportError):
+        return False
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if names & _FINAL_CLASS_NAMES:
+        return False
+    code = sqlstate(exc)
+    if code is not None:
+        return code[:2] in _TRANSIENT_SQLSTATE_CLASSES or code in _TRANSIENT_SQLSTATES
+    message = str(exc)
+    if "ClientError" in names:  # botocore: throttling and server errors retry, access problems do not
+        error = getattr(exc, "response", {}).get("Error", {})
+        return str(error.get("Code")) in _TRANSIENT_S3_CODES
+    if names & {"OperationalError", "InterfaceError"}:  # database drivers: connecting, I/O
+        return not _FINAL_CONNECT_PHRASES.search(message)
+    if isinstance(exc, OSError) and message.startswith(("[libpq]", "[SQLite]")):
+        # An error while a result streamed: a connection or lock problem, or the query's own
+        # (division by zero, a value that does not convert), which would happen again.
+        if _FINAL_CONNECT_PHRASES.search(message):
+            return False
+        return bool(_TRANSIENT_PHRASES.search(message)) and "type mismatch" not in message.lower()
+    if isinstance(exc, _FINAL_TYPES):
+        return False
+    if names & {"ProgrammingError", "DataError", "IntegrityError", "NotSupportedError"}:
+        return False
+    return True  # connection resets, timeouts, memory, anything unknown: worth another attempt
+
+
+def driver_message(exc: BaseException) -> str:
+    """The useful line of a driver error: PostgreSQL's ``ERROR:`` text without the echoed query."""
+    text = str(exc)
+    match = re.search(r"ERROR:\s+(.*)", text)
+    line = match.group(1) if match else (text.strip().splitlines() or [""])[0]
+    line = re.sub(r"^(INVALID_ARGUMENT|NOT_FOUND|INVALID_DATA|IO|INTERNAL|UNKNOWN): ", "", line)
+    return line.strip()[:300]

@@ -1,10 +1,11 @@
-"""Arrow → Parquet, in bounded memory: conform, transform, buffer into row groups, merge."""
+"""Arrow → Parquet, in bounded memory: the plan's types, the transform, row groups, merge."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from export_tx.conversions import conform, source_batches
 from export_tx.definition import ExportDefinition
 from export_tx.errors import ExportError
 from export_tx.settings import ROW_GROUP_ROWS
@@ -12,60 +13,23 @@ from export_tx.settings import ROW_GROUP_ROWS
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from export_tx.planning import SchemaPlan
+
 COMPRESSION = "zstd"
 
 
-def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
-    """Select and cast the batch's columns to the declared schema, in its order."""
-    import pyarrow as pa
-
-    names = batch.schema.names
-    columns = []
-    for target in schema:
-        if target.name not in names:
-            raise ExportError(f"the query returned no column {target.name!r} that the definition's schema declares")
-        column = batch.column(names.index(target.name))
-        if isinstance(column.type, pa.ExtensionType):  # e.g. PostgreSQL numeric from ADBC
-            column = column.storage
-        if column.type != target.type:
-            try:
-                column = column.cast(target.type)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                raise ExportError(f"column {target.name!r} cannot be read as {target.type}: {exc}") from exc
-        columns.append(column)
-    return pa.RecordBatch.from_arrays(columns, schema=schema)
-
-
-def source_schema(definition: ExportDefinition, reader_schema: pa.Schema) -> pa.Schema:
-    return definition.schema() if definition.schema is not None else reader_schema
-
-
-def output_schema(definition: ExportDefinition, schema: pa.Schema) -> pa.Schema:
-    """The schema the export's files carry: the source schema after the transform."""
-    if definition.transform is None:
-        return schema
-    return definition.transform(_empty(schema)).schema
-
-
-def _empty(schema: pa.Schema) -> pa.RecordBatch:
-    import pyarrow as pa
-
-    return pa.RecordBatch.from_arrays([pa.array([], f.type) for f in schema], schema=schema)
-
-
-def processed(definition: ExportDefinition, reader: pa.RecordBatchReader) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
-    """The stream after conforming and transforming, with its schema known up front."""
-    schema = source_schema(definition, reader.schema)
-    out = output_schema(definition, schema)
+def processed(
+    definition: ExportDefinition, columns: SchemaPlan, reader: pa.RecordBatchReader
+) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """The driver's stream as the plan's types, transformed, with the file's schema known up front."""
+    out = columns.output_schema()
+    source = source_batches(reader, columns.columns, columns.source_schema(), columns.dialect)
 
     def gen() -> Iterator[pa.RecordBatch]:
-        for batch in reader:
-            if batch.num_rows == 0:
-                continue
-            batch = conform(batch, schema) if definition.schema is not None else batch
+        for batch in source:
             if definition.transform is not None:
                 batch = definition.transform(batch)
-            if batch.schema != out:
+            if not batch.schema.equals(out, check_metadata=False):
                 batch = conform(batch, out)
             yield batch
 
@@ -122,8 +86,8 @@ def copy_row_groups(sink: Any, schema: pa.Schema, parts: Iterable[Any], row_grou
                 part = pq.ParquetFile(source)
                 if not part.schema_arrow.equals(schema, check_metadata=False):
                     raise ExportError(
-                        f"part {index + 1} has another schema than the export "
-                        f"({part.schema_arrow} vs {schema}); declare the definition's schema"
+                        f"part {index + 1} has another schema than the export's plan "
+                        f"({part.schema_arrow} vs {schema}); nothing was published"
                     )
                 for group in range(part.num_row_groups):
                     table = part.read_row_group(group)
@@ -134,7 +98,3 @@ def copy_row_groups(sink: Any, schema: pa.Schema, parts: Iterable[Any], row_grou
                     rows += table.num_rows
         flush()
     return rows
-
-
-def schema_description(schema: pa.Schema) -> list[dict[str, str]]:
-    return [{"name": f.name, "type": str(f.type)} for f in schema]

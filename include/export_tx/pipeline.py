@@ -16,8 +16,8 @@ from typing import Any
 
 from export_tx import registry, storage
 from export_tx.errors import IntegrityError, RequestInvalid, TransactionClosed
-from export_tx.parquet_io import copy_row_groups, output_schema, processed, schema_description, write_parquet
-from export_tx.planning import batch_sql, plan_export
+from export_tx.parquet_io import copy_row_groups, processed, write_parquet
+from export_tx.planning import SchemaPlan, batch_sql, plan_export
 from export_tx.request import EMAIL, ExportRequest, parse_request
 from export_tx.settings import BATCH_SIZE_DEFAULT, DAG_ID, NOTIFY_DELAY_DEFAULT, get_settings
 from export_tx.sources import stream
@@ -79,8 +79,28 @@ def plan(store: HeaderStore, tx_id: str) -> list[int]:
         return [b.batch_no for b in store.plan(tx_id)]
     definition = registry.get(header.definition)
     result = plan_export(definition, header.params, header.batch_size, get_settings().max_batches)
-    stored = store.save_plan(tx_id, result.batches, batch_size=result.batch_size, note=result.note)
+    note = result.note
+    if result.schema.notes:
+        note += "; columns: " + "; ".join(result.schema.notes)
+    stored = store.save_plan(
+        tx_id,
+        result.batches,
+        batch_size=result.batch_size,
+        note=note,
+        schema_plan=result.schema.as_json(),
+        data={"columns": result.schema.describe()},
+    )
     return [b.batch_no for b in stored]
+
+
+def schema_of(header: Header) -> SchemaPlan:
+    """The columns fixed when the transaction was planned."""
+    if not header.schema_plan:
+        raise IntegrityError(
+            "this transaction was planned by an earlier version of export-tx without its column types; "
+            "request the export again"
+        )
+    return SchemaPlan.from_json(header.schema_plan)
 
 
 @dataclass(frozen=True)
@@ -109,6 +129,7 @@ def export_batch(store: HeaderStore, tx_id: str, batch_no: int) -> BatchResult:
     """Stream one batch's rows from the source into its Parquet part and record its rows."""
     header = _active(store, tx_id)
     definition = registry.get(header.definition)
+    columns = schema_of(header)
     b = store.batch(tx_id, batch_no)
     attempt = store.start_batch(tx_id, batch_no)
     started = time.monotonic()
@@ -117,8 +138,9 @@ def export_batch(store: HeaderStore, tx_id: str, batch_no: int) -> BatchResult:
         values["export_tx_hi"] = b.hi
     target = storage.part_path(tx_id, batch_no)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with stream(definition.source, batch_sql(definition, b.hi is not None), values) as reader:
-        schema, batches = processed(definition, reader)
+    sql = batch_sql(definition, columns, b.hi is not None)
+    with stream(definition.source, sql, values, columns.binding) as reader:
+        schema, batches = processed(definition, columns, reader)
         # A fixed name: a retry overwrites the part of an earlier attempt, never adds one.
         with target.open("wb") as raw:
             sink = storage.HashingWriter(raw)
@@ -161,14 +183,9 @@ def merge(store: HeaderStore, tx_id: str) -> MergeResult:
     if missing:
         raise IntegrityError(f"batches {missing} have not finished; nothing was published")
     expected = sum(b.rows or 0 for b in plan)
-
-    if plan:
-        import pyarrow.parquet as pq
-
-        with storage.part_path(tx_id, plan[0].batch_no).open("rb") as first:
-            schema = pq.ParquetFile(first).schema_arrow
-    else:
-        schema = _empty_schema(definition, header.params)
+    columns = schema_of(header)
+    # The plan's schema, whatever the parts hold: a zero-row result is as fully typed as any.
+    schema = columns.output_schema()
 
     tmp = storage.temp_result_path(tx_id, definition.name)
     final = storage.result_path(tx_id, definition.name)
@@ -197,7 +214,7 @@ def merge(store: HeaderStore, tx_id: str) -> MergeResult:
             result_rows=expected,
             result_bytes=sink.bytes,
             result_sha256=sink.sha256,
-            result_schema=schema_description(schema),
+            result_schema=columns.describe(),
             expires_at=finished + timedelta(days=header.retention_days or definition.retention_days),
         )
     except IllegalTransition as exc:
@@ -222,16 +239,6 @@ def _file_rows(path: Any) -> int:
 
     with path.open("rb") as f:
         return int(pq.ParquetFile(f).metadata.num_rows)
-
-
-def _empty_schema(definition: Any, params: dict[str, Any]) -> Any:
-    """Schema of a zero-row export: the query's own, conformed and transformed."""
-    if definition.schema is not None:
-        return output_schema(definition, definition.schema())
-    values = {**definition.bind_values(params), "export_tx_lo": None}
-    with stream(definition.source, batch_sql(definition, False), values) as reader:
-        schema, _ = processed(definition, reader)
-        return schema
 
 
 @dataclass(frozen=True)

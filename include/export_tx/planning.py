@@ -1,22 +1,335 @@
-"""Split an export into batches of ~``batch_size`` rows by **row count**, not key width.
+"""Plan an export once: its columns and types from the source, its rows, its batches.
 
-The source numbers its rows in key order (``ROW_NUMBER()`` works on SQLite and PostgreSQL)
-and every ``batch_size``-th key starts a batch; batch ``i`` is ``lo_i <= key < lo_{i+1}``.
-With a unique key every batch but the last holds exactly ``batch_size`` rows, however skewed
-or gappy the keys. The pure functions here are table-tested; :func:`plan_export` runs the SQL.
+**Types.** The source describes the definition's query (no row is read): each column's type
+decides the file's type (:mod:`export_tx.typemap`); the definition's ``columns`` override
+named columns where every value survives the cast. Checks the types need (a ``numeric``
+without precision is sized from its values; NaN, infinity or a multi-dimensional array cannot
+be held exactly) run in the same pass that counts the rows. Any problem refuses the export
+before a batch runs, naming the column.
+
+**Batches.** The source numbers its rows in key order (``ROW_NUMBER()`` works on SQLite and
+PostgreSQL) and every ``batch_size``-th key starts a batch; batch ``i`` is ``lo_i <= key <
+lo_{i+1}``. With a unique key every batch but the last holds exactly ``batch_size`` rows, however
+skewed or gappy the keys. The pure functions here are table-tested; :func:`plan_export` runs
+the SQL.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Any
 
 from export_tx.definition import ExportDefinition
-from export_tx.errors import ExportError, TooManyRows
-from export_tx.sources import fetch_all
+from export_tx.errors import DataNotExportable, DefinitionInvalid, ExportError, FieldError, RequestInvalid, TooManyRows
+from export_tx.sources import (
+    Described,
+    PgBinding,
+    PostgresSource,
+    SqliteSource,
+    describe_postgres,
+    describe_sqlite,
+    fetch_all,
+    setting_value,
+)
 from export_tx.store import PlannedBatch
+from export_tx.typemap import (
+    ColumnSpec,
+    Unsupported,
+    decimal_for,
+    override_problem,
+    pg_column,
+    pg_text_override,
+    quote_identifier,
+    schema_from_text,
+    schema_to_text,
+    sqlite_column,
+    sqlite_type_for_classes,
+    type_from_text,
+    type_name,
+    type_to_text,
+)
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+
+# -- the columns ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SchemaPlan:
+    """The columns of one transaction, fixed at planning and stored with its batches: every
+    batch, the merge and a zero-row result use exactly these types."""
+
+    columns: tuple[ColumnSpec, ...]
+    key: ColumnSpec
+    #: How the planner selects the key for the batch bounds it stores (exact text where needed).
+    key_sql: str
+    dialect: str
+    binding: PgBinding | None
+    #: The file's schema after the definition's transform (IPC, base64).
+    output: str
+    notes: tuple[str, ...] = ()
+
+    def source_schema(self) -> pa.Schema:
+        """The columns as the source and overrides make them (before the transform)."""
+        import pyarrow as pa
+
+        return pa.schema([pa.field(c.name, c.arrow_type) for c in self.columns])
+
+    def output_schema(self) -> pa.Schema:
+        return schema_from_text(self.output)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "columns": [c.as_json() for c in self.columns],
+            "key": self.key.name,
+            "key_sql": self.key_sql,
+            "dialect": self.dialect,
+            "binding": None
+            if self.binding is None
+            else {"occurrences": list(self.binding.occurrences), "key_type": self.binding.key_type},
+            "output": self.output,
+            "notes": list(self.notes),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SchemaPlan:
+        columns = tuple(ColumnSpec.from_json(c) for c in data["columns"])
+        binding = data.get("binding")
+        return cls(
+            columns=columns,
+            key=next(c for c in columns if c.name == data["key"]),
+            key_sql=data["key_sql"],
+            dialect=data["dialect"],
+            binding=None if binding is None else PgBinding(tuple(binding["occurrences"]), binding["key_type"]),
+            output=data["output"],
+            notes=tuple(data.get("notes", ())),
+        )
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Column by column: source type → file type (after the transform), and why."""
+        out = self.output_schema()
+        by_name = {c.name: c for c in self.columns}
+        described = []
+        for f in out:
+            spec = by_name.get(f.name)
+            described.append(
+                {
+                    "name": f.name,
+                    "source_type": spec.source_type if spec else None,
+                    "type": type_name(f.type),
+                    "note": (spec.note if spec else "added by the definition's transform"),
+                }
+            )
+        return described
+
+
+def describe(definition: ExportDefinition) -> Described:
+    """Ask the source what the definition's query returns (nothing is read)."""
+    if isinstance(definition.source, PostgresSource):
+        return describe_postgres(definition.source, definition.name, definition.sql, definition.params)
+    assert isinstance(definition.source, SqliteSource)
+    return describe_sqlite(definition.source, definition.name, definition.sql)
+
+
+def _shown(names: Sequence[str], limit: int = 12) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", … ({len(names)} in all)" if len(names) > limit else "")
+
+
+def resolve_columns(definition: ExportDefinition, described: Described) -> tuple[list[ColumnSpec], list[FieldError]]:
+    """Each column's spec from the source's type and the definition's overrides; and every
+    problem, each naming its column (``columns.amount``) — none of them is guessed around."""
+    postgres = isinstance(definition.source, PostgresSource)
+    overrides = definition.overrides()
+    names = [name for name, _ in described.columns]
+    problems: list[FieldError] = []
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            problems.append(FieldError("sql", f"the query returns more than one column named {name!r}; name each once"))
+        seen.add(name)
+    field_of = "schema" if definition.schema is not None else "columns"
+    for name in overrides:
+        if name not in seen:
+            problems.append(FieldError(f"{field_of}.{name}", f"the query returns no column {name!r}; "
+                                       f"it returns: {_shown(names)}"))  # fmt: skip
+    if definition.schema is not None:
+        missing = [n for n in names if n not in overrides]
+        if missing:
+            problems.append(FieldError("schema", (
+                f"lists {len(names) - len(missing)} of the {len(names)} columns the query returns, so the others "
+                f"would have no declared type (missing: {_shown(missing)}); list every column, or declare only "
+                "the types to change in columns")))  # fmt: skip
+    specs: list[ColumnSpec] = []
+    for name, kind in described.columns:
+        target = overrides.get(name)
+        try:
+            spec = pg_column(name, kind) if postgres else sqlite_column(name, kind)
+        except Unsupported as exc:
+            if postgres and target is not None and _is_text(target):
+                specs.append(pg_text_override(pg_column_for_text(name, kind)))
+            else:
+                problems.append(FieldError(f"columns.{name}", str(exc)))
+            continue
+        if target is None:
+            specs.append(spec)
+            continue
+        if postgres and _is_text(target):
+            specs.append(pg_text_override(spec))
+            continue
+        problem = None if spec.arrow is None else override_problem(spec.arrow_type, target)
+        if problem is None and (spec.arrow is None or spec.rule == "sqlite"):
+            # The data decides (or, on SQLite, confirms) the source type: the override is checked then.
+            specs.append(replace(spec, override=type_to_text(target)))
+            continue
+        if problem:
+            problems.append(FieldError(f"columns.{name}", _lossy(spec, type_name(spec.arrow_type), target, problem)))
+            continue
+        specs.append(
+            replace(spec.with_type(target), override=type_to_text(target), note=f"declared {type_name(target)}")
+        )
+    return specs, problems
+
+
+def pg_column_for_text(name: str, kind: Any) -> ColumnSpec:
+    return ColumnSpec(name, kind.display, None, quote_identifier(name))
+
+
+def _is_text(t: pa.DataType) -> bool:
+    import pyarrow.types as pt
+
+    return bool(pt.is_string(t) or pt.is_large_string(t))
+
+
+def _lossy(spec: ColumnSpec, source: str, target: pa.DataType, why: str) -> str:
+    return (
+        f"{spec.source_type} ({source}) cannot become {type_name(target)} without changing values: {why}; "
+        "declare a type that keeps every value, or string for the source's exact text"
+    )
+
+
+def finish_column(spec: ColumnSpec, results: Mapping[str, Any]) -> tuple[ColumnSpec, str | None]:
+    """Apply what the data says (``results`` of the spec's checks by kind) to a column: decide a
+    type the source leaves open, or refuse values the type cannot hold. Returns the final spec
+    and a problem (None: none)."""
+    import pyarrow as pa
+
+    target = None if spec.override is None else type_from_text(spec.override)
+    if spec.rule == "numeric":
+        text = results.get("numeric_abs")
+        largest = _decimal(text)
+        if largest is not None and largest.is_nan():
+            return spec, "holds NaN, which a Parquet decimal cannot hold; declare it as string (its exact text)"
+        if largest is not None and largest.is_infinite():
+            return spec, "holds Infinity, which a Parquet decimal cannot hold; declare it as string (its exact text)"
+        if spec.arrow is not None:
+            return spec, None
+        scale = int(results.get("numeric_scale") or 0)
+        digits = _integer_digits(largest)
+        if target is not None:
+            if not pa.types.is_decimal(target):
+                return spec, _lossy(spec, "numeric", target, "a decimal's values are kept only by a decimal")
+            if scale > target.scale or digits > target.precision - target.scale:
+                return spec, (f"its values need {digits} digits before the point and {scale} after, more than "
+                              f"{type_name(target)} holds")  # fmt: skip
+            return replace(spec.with_type(target), note=f"declared {type_name(target)}"), None
+        try:
+            chosen = decimal_for(38, scale) if digits + scale <= 38 else decimal_for(76, scale)
+        except Unsupported as exc:
+            return spec, str(exc)
+        if digits + scale > 76:
+            return spec, (f"its values need {digits + scale} digits, more than a Parquet decimal holds (76); "
+                          "declare it as string (its exact text)")  # fmt: skip
+        sized = "no values to size it by" if largest is None else f"the most decimal places its values have: {scale}"
+        note = f"numeric without precision: {type_name(chosen)} ({sized}; declare columns.{spec.name} to fix it)"
+        return spec.with_type(chosen, note), None
+    if spec.rule == "array_shape":
+        if results.get("array_shape"):
+            return spec, ("holds multi-dimensional arrays or arrays not starting at index 1, which a Parquet list "
+                          "cannot hold exactly; declare it as string (PostgreSQL's text form)")  # fmt: skip
+        return spec, None
+    if spec.rule == "sqlite":
+        return _finish_sqlite(spec, results, target)
+    return spec, None
+
+
+def _finish_sqlite(
+    spec: ColumnSpec, results: Mapping[str, Any], target: pa.DataType | None
+) -> tuple[ColumnSpec, str | None]:
+    import pyarrow as pa
+
+    classes = {c for c in str(results.get("sqlite_classes") or "").split(",") if c} - {"null"}
+    allowed = set(spec.detail.get("allowed", ()))
+    if allowed:
+        natural = spec.arrow_type
+        extra = sorted(classes - allowed)
+        if extra:
+            return spec, (f"is declared {spec.source_type} but holds {' and '.join(extra)} values; fix the data, "
+                          "or declare its type in the definition's columns")  # fmt: skip
+    else:
+        natural, _ = sqlite_type_for_classes(classes)
+        if natural is None:
+            return spec, (f"has no declared type and holds {' and '.join(sorted(classes))} values; declare its "
+                          "type in the definition's columns")  # fmt: skip
+    if int(results.get("sqlite_bool") or 0):
+        return spec, f"is declared {spec.source_type} but holds integers other than 0 and 1"
+    if int(results.get("sqlite_big_int") or 0) and pa.types.is_floating(natural):
+        return spec, ("holds integers beyond 2^53, which float64 cannot hold exactly; declare it as int64 "
+                      "in the definition's columns")  # fmt: skip
+    read = _storage_class(natural)
+    detail = {**spec.detail, "read": read, "natural": type_to_text(natural)}
+    if target is None:
+        note = spec.note
+        if not allowed:
+            note = f"no declared type: {type_name(natural)} from its values" if classes else spec.note
+        return replace(spec.with_type(natural, note), detail=detail), None
+    problem = override_problem(natural, target)
+    if problem:
+        return spec, _lossy(spec, type_name(natural), target, problem)
+    return replace(spec.with_type(target, f"declared {type_name(target)}"), detail=detail), None
+
+
+def _storage_class(t: pa.DataType) -> str:
+    import pyarrow.types as pt
+
+    if pt.is_null(t):
+        return "null"
+    if pt.is_integer(t) or pt.is_boolean(t):
+        return "integer"
+    if pt.is_floating(t):
+        return "real"
+    if pt.is_binary(t) or pt.is_large_binary(t):
+        return "blob"
+    return "text"
+
+
+def _decimal(text: Any) -> Decimal | None:
+    if text is None:
+        return None
+    raw = str(text).strip().lower()
+    if raw in ("nan", "+nan", "-nan"):
+        return Decimal("NaN")
+    if raw in ("inf", "+inf", "-inf", "infinity", "-infinity", "+infinity"):
+        return Decimal("Infinity")
+    try:
+        return Decimal(raw)
+    except InvalidOperation:
+        return None
+
+
+def _integer_digits(value: Decimal | None) -> int:
+    if value is None or value.is_nan() or value.is_infinite():
+        return 0
+    whole = abs(int(value))
+    return len(str(whole)) if whole else 0
+
+
+# -- the batches ----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -25,6 +338,7 @@ class Plan:
     total_rows: int
     batch_size: int
     note: str
+    schema: SchemaPlan
 
 
 def choose_batch_size(total_rows: int, requested: int, max_batches: int) -> int:
@@ -62,41 +376,200 @@ def batches_from_starts(starts: Sequence[tuple[Any, int]], total_rows: int) -> l
     return plan
 
 
-# The SQL below wraps the definition's reviewed query and its key column (a checked plain
-# identifier); every user value is a bound parameter.
+# The SQL below wraps the definition's reviewed query; column names are quoted identifiers taken
+# from the source's own description, and every user value is a bound parameter.
 
 
-def _count_sql(definition: ExportDefinition) -> str:
-    key = definition.key_column
-    return f"SELECT COUNT(*) AS n, COUNT({key}) AS n_key FROM ({definition.sql}) AS src"  # noqa: S608
+def count_sql(definition: ExportDefinition, columns: Sequence[ColumnSpec], key: str) -> tuple[str, list[str]]:
+    """Rows, rows with a key, and every column check, in one pass; returns (sql, check aliases)."""
+    parts = [f"COUNT(*) AS n, COUNT({quote_identifier(key)}) AS n_key"]
+    aliases = []
+    for i, spec in enumerate(columns):
+        for j, check in enumerate(spec.checks):
+            alias = f"c{i}_{j}"
+            parts.append(f"{check.sql} AS {alias}")
+            aliases.append(alias)
+    return f"SELECT {', '.join(parts)} FROM ({definition.sql}) AS src", aliases  # noqa: S608
 
 
-def _starts_sql(definition: ExportDefinition) -> str:
-    key = definition.key_column
+def starts_sql(definition: ExportDefinition, schema: SchemaPlan) -> str:
+    key = quote_identifier(schema.key.name)
     return (
-        f"SELECT k, rn FROM (SELECT {key} AS k, ROW_NUMBER() OVER (ORDER BY {key}) AS rn "  # noqa: S608
+        f"SELECT k, rn FROM (SELECT {schema.key_sql} AS k, ROW_NUMBER() OVER (ORDER BY {key}) AS rn "  # noqa: S608
         f"FROM ({definition.sql}) AS src) AS numbered "
         f"WHERE (rn - 1) % :export_tx_batch_size = 0 ORDER BY rn"
     )
 
 
-def batch_sql(definition: ExportDefinition, bounded_above: bool) -> str:
-    """The definition's query restricted to one batch's key range, in key order."""
-    key = definition.key_column
+def batch_sql(definition: ExportDefinition, schema: SchemaPlan, bounded_above: bool, limit: bool = False) -> str:
+    """The definition's query restricted to one batch's key range, in key order, each column
+    selected as the plan says. On SQLite a typed first row leads (the driver types columns by
+    their first values); it is dropped before any data is written."""
+    key = quote_identifier(schema.key.name)
     upper = f" AND {key} < :export_tx_hi" if bounded_above else ""
-    return f"SELECT * FROM ({definition.sql}) AS src WHERE {key} >= :export_tx_lo{upper} ORDER BY {key}"  # noqa: S608
+    where = f"WHERE {key} >= :export_tx_lo{upper}"
+    tail = " LIMIT :export_tx_limit" if limit else ""
+    if schema.dialect == "sqlite":
+        sentinel = ", ".join(f"{sqlite_sentinel_value(c)} AS {quote_identifier(c.name)}" for c in schema.columns)
+        selects = ", ".join(c.select for c in schema.columns)
+        key_position = 2 + [c.name for c in schema.columns].index(schema.key.name)
+        return (
+            f'SELECT 0 AS "__export_tx_first", {sentinel} '  # noqa: S608
+            f"UNION ALL SELECT 1, {selects} FROM ({definition.sql}) AS src {where} "
+            f"ORDER BY 1, {key_position}{tail}"
+        )
+    selects = ", ".join(c.select for c in schema.columns)
+    return f"SELECT {selects} FROM ({definition.sql}) AS src {where} ORDER BY {key}{tail}"  # noqa: S608
 
 
-def plan_export(definition: ExportDefinition, params: Mapping[str, Any], batch_size: int, max_batches: int) -> Plan:
-    """Count the matching rows, enforce the definition's limit, and compute the batches."""
+def sqlite_sentinel_value(spec: ColumnSpec) -> str:
+    read = spec.detail.get("read", "null")
+    return {"integer": "0", "real": "0.0", "text": "''", "blob": "x''"}.get(read, "NULL")
+
+
+def check_param_types(
+    source: PostgresSource, definition: ExportDefinition, values: Mapping[str, Any], binding: PgBinding
+) -> None:
+    """Every parameter value must be a valid value of the type the query gives its placeholder
+    (a ``bigint`` filter refuses 10^20, an ``integer`` one 3·10^9) — named, before any work."""
+    import psycopg
+
+    from export_tx.sources import placeholders
+
+    pairs: dict[tuple[str, str], Any] = {}
+    for name, pg_type in zip(placeholders(definition.sql), binding.occurrences, strict=False):
+        if values.get(name) is not None:
+            pairs[(name, pg_type)] = values[name]
+    if not pairs:
+        return
+    errors: list[FieldError] = []
+    with psycopg.connect(source.uri(), autocommit=True, connect_timeout=30) as conn:
+        for (name, pg_type), value in sorted(pairs.items()):
+            try:
+                # The type name comes from PostgreSQL's catalog (format_type), never from a user.
+                conn.execute(f"SELECT CAST(CAST(%s AS text) AS {pg_type})", (setting_value(value),))
+            except psycopg.errors.DataError as exc:
+                errors.append(FieldError(f"params.{name}", _param_problem(exc, name, pg_type)))
+            except psycopg.errors.IntegrityConstraintViolation as exc:
+                errors.append(FieldError(f"params.{name}", _param_problem(exc, name, pg_type)))
+    if errors:
+        raise RequestInvalid(errors)
+
+
+def _param_problem(exc: Any, name: str, pg_type: str) -> str:
+    state = getattr(exc, "sqlstate", "") or ""
+    where = f"the type :{name} has in the definition's query"
+    if state == "22003":
+        return f"out of range for {pg_type}, {where}"
+    if state.startswith("23"):
+        return f"not allowed by {pg_type}, {where}"
+    return f"not a valid {pg_type}, {where}"
+
+
+def _run_checks(
+    definition: ExportDefinition, values: Mapping[str, Any], specs: Sequence[ColumnSpec], key: str,
+    binding: PgBinding | None,
+) -> tuple[int, int, list[dict[str, Any]]]:  # fmt: skip
+    sql, aliases = count_sql(definition, specs, key)
+    row = fetch_all(definition.source, sql, values, binding).to_pylist()[0]
+    results: list[dict[str, Any]] = []
+    position = 0
+    for spec in specs:
+        found: dict[str, Any] = {}
+        for check in spec.checks:
+            found[check.kind] = row[aliases[position]]
+            position += 1
+        results.append(found)
+    return int(row["n"]), int(row["n_key"]), results
+
+
+_KEY_TYPES = "an integer, text, date, timestamp, uuid or decimal column"
+
+
+def _check_key(definition: ExportDefinition, specs: Sequence[ColumnSpec]) -> ColumnSpec:
+    import pyarrow as pa
+    import pyarrow.types as pt
+
+    key = next((s for s in specs if s.name == definition.key_column), None)
+    if key is None:
+        raise DefinitionInvalid(definition.name, [FieldError(
+            "key_column", f"{definition.key_column!r} is not a column the query returns")])  # fmt: skip
+    if key.arrow is not None:
+        t = key.arrow_type
+        ok = (pt.is_integer(t) or pt.is_string(t) or pt.is_date(t) or pt.is_timestamp(t) or pt.is_decimal(t)
+              or (isinstance(t, pa.ExtensionType) and t.extension_name == "arrow.uuid"))  # fmt: skip
+        if not ok:
+            message = f"{definition.key_column!r} is {key.source_type}; the key must be {_KEY_TYPES}"
+            raise DefinitionInvalid(definition.name, [FieldError("key_column", message)])
+    return key
+
+
+def plan_schema(definition: ExportDefinition, params: Mapping[str, Any]) -> tuple[SchemaPlan, int, int]:
+    """Describe, resolve and check the columns; count the rows. Returns (schema, rows, rows with a key).
+
+    Raises :class:`DefinitionInvalid` (the definition), :class:`RequestInvalid` (a parameter
+    value the query's type cannot take) or :class:`DataNotExportable` (a value no file type here
+    holds), each naming the column or field.
+    """
+    import pyarrow as pa
+
+    described = describe(definition)
+    specs, problems = resolve_columns(definition, described)
+    if problems:
+        raise DefinitionInvalid(definition.name, problems)
+    key = _check_key(definition, specs)
     values = definition.bind_values(params)
-    counts = fetch_all(definition.source, _count_sql(definition), values).to_pylist()[0]
-    total, with_key = int(counts["n"]), int(counts["n_key"])
+    binding = described.binding
+    key_sql = quote_identifier(key.name)
+    if isinstance(definition.source, PostgresSource):
+        assert binding is not None
+        pg = dict(described.columns)[key.name]
+        binding = PgBinding(binding.occurrences, pg.cast_to or pg.display)
+        if pg.name not in ("int2", "int4", "int8", "text", "varchar", "bpchar"):
+            key_sql = f"CAST({key_sql} AS text)"  # bounds kept as exact text, cast back when bound
+        check_param_types(definition.source, definition, values, binding)
+    total, with_key, results = _run_checks(definition, values, specs, key.name, binding)
     if total > definition.max_rows:
         raise TooManyRows(
             f"the export matches {total:,} rows, over the {definition.max_rows:,} allowed for "
             f"{definition.name!r}; narrow it with params (allowed: {', '.join(sorted(definition.params))})"
         )
+    finished: list[ColumnSpec] = []
+    refusals: list[tuple[str, str]] = []
+    for spec, found in zip(specs, results, strict=True):
+        done, problem = finish_column(spec, found)
+        if problem:
+            refusals.append((spec.name, problem))
+        finished.append(done)
+    if refusals:
+        if len(refusals) == 1:
+            raise DataNotExportable(*refusals[0])
+        raise DefinitionInvalid(definition.name, [FieldError(f"columns.{n}", p) for n, p in refusals])
+    key = next(s for s in finished if s.name == key.name)
+    source_schema = pa.schema([pa.field(c.name, c.arrow_type) for c in finished])
+    output = output_schema(definition, source_schema)
+    notes = tuple(f"{c.name}: {c.note}" for c in finished if c.note)
+    schema = SchemaPlan(tuple(finished), key, key_sql, definition.source.dialect, binding, schema_to_text(output),
+                        notes)  # fmt: skip
+    return schema, total, with_key
+
+
+def output_schema(definition: ExportDefinition, schema: pa.Schema) -> pa.Schema:
+    """The schema the export's files carry: the source schema after the transform."""
+    from export_tx.conversions import empty_batch
+
+    if definition.transform is None:
+        return schema
+    try:
+        return definition.transform(empty_batch(schema)).schema
+    except Exception as exc:
+        raise DefinitionInvalid(definition.name, [FieldError(
+            "transform", f"fails on the query's columns ({type(exc).__name__}: {exc})")]) from exc  # fmt: skip
+
+
+def plan_export(definition: ExportDefinition, params: Mapping[str, Any], batch_size: int, max_batches: int) -> Plan:
+    """Fix the columns, count the matching rows, enforce the definition's limit, compute the batches."""
+    schema, total, with_key = plan_schema(definition, params)
     if with_key != total:
         raise ExportError(
             f"{total - with_key:,} matching rows have no {definition.key_column!r}; the definition's "
@@ -104,11 +577,12 @@ def plan_export(definition: ExportDefinition, params: Mapping[str, Any], batch_s
         )
     size = choose_batch_size(total, batch_size, max_batches)
     if total == 0:
-        return Plan([], 0, size, "planned 0 batches: no rows match; the result will be an empty file")
-    starts = fetch_all(definition.source, _starts_sql(definition), {**values, "export_tx_batch_size": size})
+        return Plan([], 0, size, "planned 0 batches: no rows match; the result will be an empty file", schema)
+    values = {**definition.bind_values(params), "export_tx_batch_size": size}
+    starts = fetch_all(definition.source, starts_sql(definition, schema), values, schema.binding)
     pairs = list(zip(starts.column("k").to_pylist(), starts.column("rn").to_pylist(), strict=True))
     batches = batches_from_starts(pairs, total)
     note = f"planned {len(batches)} batches of ~{size:,} rows for {total:,} rows"
     if size != batch_size:
         note += f" (batch_size grown from {batch_size:,} to {size:,} to stay within {max_batches} batches)"
-    return Plan(batches, total, size, note)
+    return Plan(batches, total, size, note, schema)

@@ -68,6 +68,8 @@ class Settings:
     max_batches: int
     min_batch_size: int
     public_base_url: str
+    #: The team's own definition folders (``EXPORT_TX_DEFINITIONS_PATH``, ``:``-separated).
+    definitions_path: tuple[Path, ...] = ()
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -82,6 +84,9 @@ class Settings:
             max_batches=int(_env("EXPORT_TX_MAX_BATCHES", "200") or 200),
             min_batch_size=int(_env("EXPORT_TX_MIN_BATCH_SIZE", str(BATCH_SIZE_MIN)) or BATCH_SIZE_MIN),
             public_base_url=(_env("EXPORT_TX_PUBLIC_URL", "http://localhost:8080") or "").rstrip("/"),
+            definitions_path=tuple(
+                Path(p).expanduser() for p in (_env("EXPORT_TX_DEFINITIONS_PATH", "") or "").split(os.pathsep) if p
+            ),
         )
 
 

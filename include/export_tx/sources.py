@@ -1,8 +1,10 @@
 """Where export rows come from: ADBC connections that stream Arrow record batches.
 
-A definition names its source (the embedded SQLite demo file or an Airflow connection to
-PostgreSQL). Its SQL uses ``:name`` placeholders; they are rewritten to the driver's
-positional style and **bound** as an Arrow record batch, never formatted into the text.
+A definition names its source (the embedded SQLite demo file, another SQLite file, or an
+Airflow connection to PostgreSQL). Its SQL uses ``:name`` placeholders; they are **bound**,
+never formatted into the text. Each source also *describes* a query without running it: the
+columns it returns with their types, and on PostgreSQL the type of every placeholder, so values
+are bound as the type the query compares them with.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from export_tx.errors import DefinitionInvalid, FieldError, driver_message, is_transient
+from export_tx.typemap import PgType
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
@@ -20,6 +25,8 @@ if TYPE_CHECKING:
 # definitions are code reviewed by the data team, user values never reach this text).
 _PLACEHOLDER = re.compile(r"(?<![:\w]):([A-Za-z_][A-Za-z0-9_]*)")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: Placeholders the product's own query wrappers use (batch bounds, batch size, preview rows).
+WRAPPER_PREFIX = "export_tx_"
 
 
 def check_identifier(name: str) -> str:
@@ -27,6 +34,11 @@ def check_identifier(name: str) -> str:
     if not _IDENTIFIER.match(name):
         raise ValueError(f"{name!r} is not a plain SQL identifier")
     return name
+
+
+def placeholders(sql: str) -> list[str]:
+    """The ``:name`` placeholders of ``sql``, in order, repeats included."""
+    return [m.group(1) for m in _PLACEHOLDER.finditer(sql)]
 
 
 @dataclass(frozen=True)
@@ -41,6 +53,9 @@ class SqliteSource:
 
         return str(self.path or get_settings().demo_db_path)
 
+    def label(self) -> str:
+        return f"SQLite file {self.path}" if self.path else "the embedded demo database"
+
 
 @dataclass(frozen=True)
 class PostgresSource:
@@ -51,6 +66,9 @@ class PostgresSource:
 
     def uri(self) -> str:
         return postgres_uri(self.conn_id)
+
+    def label(self) -> str:
+        return f"PostgreSQL connection {self.conn_id!r}"
 
 
 Source = SqliteSource | PostgresSource
@@ -122,46 +140,95 @@ def connect(source: Source) -> Iterator[Any]:
         conn.close()
 
 
-_PG_CASTS: tuple[tuple[type, str], ...] = ((bool, "boolean"), (int, "bigint"), (float, "double precision"))
+# -- binding on PostgreSQL ------------------------------------------------------------------------
+
+#: PostgreSQL types of the wrappers' own placeholders that are not the key's.
+_WRAPPER_TYPES = {"export_tx_batch_size": "bigint", "export_tx_limit": "bigint"}
 
 
-def to_session_settings(sql: str, params: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
+@dataclass(frozen=True)
+class PgBinding:
+    """How each placeholder is typed: one type per occurrence in the definition's SQL (the type
+    PostgreSQL infers there), and the key column's type for the batch bounds."""
+
+    occurrences: tuple[str, ...] = ()
+    key_type: str = "text"
+
+    def type_of(self, name: str, index: int) -> str | None:
+        if name.startswith(WRAPPER_PREFIX):
+            return _WRAPPER_TYPES.get(name, self.key_type)
+        return self.occurrences[index] if index < len(self.occurrences) else None
+
+
+def setting_value(value: Any) -> str:
+    """A bound value as the text ``set_config()`` takes (PostgreSQL casts it to the bound type)."""
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)  # the shortest text that reads back as the same float
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    return str(value)
+
+
+def to_session_settings(
+    sql: str, params: Mapping[str, Any], binding: PgBinding | None = None
+) -> tuple[str, dict[str, str]]:
     """PostgreSQL: rewrite each ``:name`` to read a session setting, returned to be set by binding.
 
     The ADBC PostgreSQL driver streams a result (COPY) only for a query without bind parameters;
     with parameters it materialises the whole result in memory. So the values are bound to
     ``set_config()`` in a statement of their own and the streamed query reads them back with
-    ``current_setting()`` — still bound, never formatted into SQL. NULL is the keyword itself.
+    ``current_setting()`` — still bound, never formatted into SQL. Each read is cast to the type
+    the query gives that placeholder (``binding``), so a NULL is a typed NULL too.
     """
     settings: dict[str, str] = {}
+    index = 0
 
     def repl(match: re.Match[str]) -> str:
+        nonlocal index
         name = match.group(1)
         if name not in params:
             raise KeyError(f"SQL placeholder :{name} has no value")
+        pg_type = binding.type_of(name, index) if binding is not None else _python_pg_type(params[name])
+        if not name.startswith(WRAPPER_PREFIX):
+            index += 1
         value = params[name]
         if value is None:
-            return "CAST(NULL AS text)"
+            return f"CAST(NULL AS {pg_type or 'text'})"
         setting = f"export_tx.p_{name}"
-        settings[setting] = str(value).lower() if isinstance(value, bool) else str(value)
+        settings[setting] = setting_value(value)
         read = f"current_setting('{setting}')"
-        for kind, pg_type in _PG_CASTS:
-            if isinstance(value, kind):
-                return f"CAST({read} AS {pg_type})"
-        return read
+        return f"CAST({read} AS {pg_type})" if pg_type and pg_type != "text" else read
 
     return _PLACEHOLDER.sub(repl, sql), settings
 
 
+def _python_pg_type(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "bigint"
+    if isinstance(value, float):
+        return "double precision"
+    return None
+
+
 @contextmanager
-def stream(source: Source, sql: str, params: Mapping[str, Any]) -> Iterator[pa.RecordBatchReader]:
+def stream(
+    source: Source, sql: str, params: Mapping[str, Any], binding: PgBinding | None = None
+) -> Iterator[pa.RecordBatchReader]:
     """Run ``sql`` with bound ``params``; yield the result as a stream of Arrow record batches
     (memory bounded by the driver's batch size, whatever the result's size)."""
     with connect(source) as conn:
         cur = conn.cursor()
         try:
             if isinstance(source, PostgresSource):
-                text, settings = to_session_settings(sql, params)
+                # A definition's query only ever reads: the session refuses any write.
+                cur.execute("SET default_transaction_read_only = on")
+                text, settings = to_session_settings(sql, params, binding)
                 if settings:
                     calls = ", ".join(f"set_config(${2 * i + 1}, ${2 * i + 2}, false)" for i in range(len(settings)))
                     values = [v for item in settings.items() for v in item]
@@ -176,7 +243,215 @@ def stream(source: Source, sql: str, params: Mapping[str, Any]) -> Iterator[pa.R
             cur.close()
 
 
-def fetch_all(source: Source, sql: str, params: Mapping[str, Any]) -> pa.Table:
+def fetch_all(source: Source, sql: str, params: Mapping[str, Any], binding: PgBinding | None = None) -> pa.Table:
     """Small results only (plans, counts)."""
-    with stream(source, sql, params) as reader:
+    with stream(source, sql, params, binding) as reader:
         return reader.read_all()
+
+
+# -- describing a query ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Described:
+    """What a source says about a query before it runs."""
+
+    #: (name, PostgreSQL type) or (name, SQLite declared type), in the query's order.
+    columns: tuple[tuple[str, Any], ...]
+    #: PostgreSQL: the type of each placeholder occurrence of the definition's SQL.
+    binding: PgBinding | None = None
+
+
+_PG_OIDS_BY_SCHEMA_TYPE = {"integer": 20, "number": 1700, "boolean": 16}
+_PG_OIDS_BY_FORMAT = {"date": 1082, "date-time": 1184, "time": 1083, "uuid": 2950}
+_UNDETERMINED = re.compile(r"could not determine data type of parameter \$(\d+)")
+
+
+def fallback_oid(spec: Mapping[str, Any]) -> int:
+    """The PostgreSQL type a placeholder gets where the query does not say (``:p IS NULL``),
+    from the parameter's JSON schema."""
+    if spec.get("type") == "string":
+        return _PG_OIDS_BY_FORMAT.get(str(spec.get("format")), 25)
+    kind = spec.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), None)
+    return _PG_OIDS_BY_SCHEMA_TYPE.get(str(kind), 25)
+
+
+def _refuse(definition: str, field: str, message: str) -> DefinitionInvalid:
+    return DefinitionInvalid(definition, [FieldError(field, message)])
+
+
+def describe_postgres(
+    source: PostgresSource, definition: str, sql: str, param_specs: Mapping[str, Mapping[str, Any]]
+) -> Described:
+    """Prepare (never run) the definition's query and ask PostgreSQL for the type of every column
+    and placeholder. A placeholder PostgreSQL cannot type (``:since IS NULL``) gets its JSON
+    schema's type. Raises :class:`DefinitionInvalid` when PostgreSQL refuses the query."""
+    import psycopg
+    from psycopg import pq
+
+    names = placeholders(sql)
+    counter = iter(range(1, len(names) + 1))
+    numbered = _PLACEHOLDER.sub(lambda m: f"${next(counter)}", sql)
+    oids = [0] * len(names)
+    with psycopg.connect(source.uri(), autocommit=True, connect_timeout=30) as conn:
+        conn.execute("SET statement_timeout = '30s'")
+        pgconn = conn.pgconn
+        for _ in range(len(names) + 1):
+            result = pgconn.prepare(b"", numbered.encode(), oids)
+            if result.status == pq.ExecStatus.COMMAND_OK:
+                break
+            message = (result.error_message or b"").decode("utf-8", "replace")
+            state = bytes(result.error_field(pq.DiagnosticField.SQLSTATE) or b"").decode()
+            undetermined = _UNDETERMINED.search(message)
+            if undetermined and oids[int(undetermined.group(1)) - 1] == 0:
+                position = int(undetermined.group(1)) - 1
+                oids[position] = fallback_oid(param_specs.get(names[position], {}))
+                continue
+            try:
+                error: Exception = psycopg.errors.lookup(state)(message)
+            except KeyError:
+                error = psycopg.OperationalError(message)
+            if is_transient(error):
+                raise error
+            raise _refuse(definition, "sql", f"PostgreSQL refuses the query: {driver_message(error)}")
+        else:  # pragma: no cover - every placeholder was typed and it still did not prepare
+            raise _refuse(definition, "sql", "PostgreSQL cannot type the query's placeholders")
+        info = pgconn.describe_prepared(b"")
+        param_oids = [info.param_type(i) for i in range(info.nparams)]
+        fields = [
+            (bytes(info.fname(i) or b"").decode("utf-8", "replace"), info.ftype(i), info.fmod(i))
+            for i in range(info.nfields)
+        ]
+        if not fields:
+            raise _refuse(definition, "sql", "the query returns no columns; it must be a SELECT")
+        types = _pg_types(conn, [oid for _, oid, _ in fields] + param_oids)
+        displays = _pg_displays(conn, [(oid, mod) for _, oid, mod in fields])
+    columns = []
+    for (name, oid, mod), display in zip(fields, displays, strict=True):
+        catalog = types[oid]
+        if catalog.typtype != "d":
+            columns.append((name, PgType(catalog.name, display, catalog.typtype, mod, catalog.element)))
+            continue
+        # A domain: its base type decides, and the column is read as the base type (the driver
+        # does not know the domain's oid).
+        while catalog.typtype == "d" and catalog.base[0] in types:
+            base_oid, base_mod = catalog.base
+            catalog = types[base_oid]
+            mod = base_mod
+        columns.append(
+            (
+                name,
+                PgType(
+                    catalog.name,
+                    display,
+                    catalog.typtype,
+                    mod,
+                    catalog.element,
+                    cast_to=_typmod_display(catalog.display, catalog.name, mod),
+                ),
+            )
+        )
+    occurrences = tuple(types[oid].display for oid in param_oids)
+    return Described(tuple(columns), PgBinding(occurrences))
+
+
+@dataclass(frozen=True)
+class _CatalogType:
+    oid: int
+    name: str
+    typtype: str
+    element: PgType | None
+    base: tuple[int, int]  # a domain's base type and typmod
+    display: str  # format_type(oid, NULL)
+
+
+def _typmod_display(display: str, name: str, typmod: int) -> str:
+    """``numeric`` with a typmod as SQL: ``numeric(10,2)``; other types as they are."""
+    from export_tx.typemap import numeric_typmod
+
+    if name == "numeric" and (ps := numeric_typmod(typmod)) is not None:
+        return f"numeric({ps[0]},{ps[1]})"
+    if name in ("varchar", "bpchar") and typmod > 4:
+        return f"{display}({typmod - 4})"
+    return display
+
+
+def _pg_types(conn: Any, oids: Sequence[int]) -> dict[int, _CatalogType]:
+    """Catalog facts for ``oids``, with the element types of arrays and base types of domains."""
+    wanted = set(oids)
+    query = (
+        "SELECT t.oid, t.typname, t.typtype, t.typelem, t.typbasetype, t.typtypmod, t.typcategory, "
+        "format_type(t.oid, NULL) FROM pg_type t WHERE t.oid = ANY(%s)"
+    )
+    rows: dict[int, tuple[Any, ...]] = {}
+    while wanted - set(rows):
+        missing = sorted(wanted - set(rows))
+        fetched = conn.execute(query, (missing,)).fetchall()
+        if not fetched:
+            break
+        for row in fetched:
+            rows[row[0]] = row
+            if row[6] == "A" and row[3]:
+                wanted.add(row[3])
+            if row[2] == "d" and row[4]:
+                wanted.add(row[4])
+    found: dict[int, _CatalogType] = {}
+
+    def build(oid: int) -> _CatalogType:
+        if oid not in found:
+            row = rows.get(oid)
+            if row is None:
+                found[oid] = _CatalogType(oid, f"unknown<oid:{oid}>", "p", None, (0, -1), "text")
+            else:
+                _, name, typtype, elem, base, basemod, category, display = row
+                element = None
+                if category == "A" and elem:
+                    inner = build(elem)
+                    element = PgType(inner.name, inner.display, inner.typtype, -1, inner.element)
+                found[oid] = _CatalogType(oid, name, typtype, element, (base, basemod), display)
+        return found[oid]
+
+    return {oid: build(oid) for oid in set(oids) | set(rows)}
+
+
+def _pg_displays(conn: Any, pairs: Sequence[tuple[int, int]]) -> list[str]:
+    """``format_type(oid, typmod)`` of each column: ``numeric(38,10)``, ``character varying(10)``."""
+    if not pairs:
+        return []
+    rows = conn.execute(
+        "SELECT format_type(o, m) FROM unnest(%s::oid[], %s::int[]) WITH ORDINALITY AS u(o, m, i) ORDER BY i",
+        ([p[0] for p in pairs], [p[1] for p in pairs]),
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def describe_sqlite(source: SqliteSource, definition: str, sql: str) -> Described:
+    """The query's columns and their declared types, from a temporary view of it (placeholders
+    read as NULL: a declared type never depends on a value). The source file is opened read-only."""
+    import sqlite3
+    from pathlib import Path
+
+    path = Path(source.uri())
+    if not path.exists():
+        raise _refuse(definition, "source", f"{source.label()} does not exist")
+    text = _PLACEHOLDER.sub("NULL", sql)
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    try:
+        try:
+            conn.execute(f"CREATE TEMP VIEW export_tx_probe AS {text}")
+            rows = conn.execute("PRAGMA temp.table_info(export_tx_probe)").fetchall()
+        except sqlite3.Error as exc:
+            if is_transient(exc) and "no such" not in str(exc) and "syntax" not in str(exc):
+                raise
+            raise _refuse(definition, "sql", f"SQLite refuses the query: {driver_message(exc)}") from exc
+    finally:
+        conn.close()
+    names = [str(r[1]) for r in rows]
+    # A view renames a repeated column "id:1"; the query itself would return two "id" columns.
+    for name in names:
+        base, sep, suffix = name.rpartition(":")
+        if sep and suffix.isdigit() and base in names:
+            raise _refuse(definition, "sql", f"the query returns more than one column named {base!r}; name each once")
+    return Described(tuple((str(r[1]), str(r[2] or "")) for r in rows))

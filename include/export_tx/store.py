@@ -54,6 +54,9 @@ headers = sa.Table(
     sa.Column("result_bytes", sa.BigInteger),
     sa.Column("result_sha256", sa.String(64)),
     sa.Column("result_schema", sa.JSON),
+    # The columns fixed at planning (source types, file types, how each is read): every batch,
+    # the merge and a zero-row result use exactly these.
+    sa.Column("schema_plan", sa.JSON),
     sa.Column("expires_at", _TS),
     sa.Column("error", sa.Text),
     sa.Column("downloaded_at", _TS),
@@ -135,7 +138,8 @@ class Header:
     result_rows: int | None
     result_bytes: int | None
     result_sha256: str | None
-    result_schema: list[dict[str, str]] | None
+    result_schema: list[dict[str, Any]] | None
+    schema_plan: dict[str, Any] | None
     expires_at: datetime | None
     error: str | None
     downloaded_at: datetime | None
@@ -467,7 +471,16 @@ class HeaderStore:
 
     # -- plan and batches --------------------------------------------------------------
 
-    def save_plan(self, tx_id: str, plan: Sequence[PlannedBatch], *, batch_size: int, note: str) -> list[Batch]:
+    def save_plan(
+        self,
+        tx_id: str,
+        plan: Sequence[PlannedBatch],
+        *,
+        batch_size: int,
+        note: str,
+        schema_plan: dict[str, Any] | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> list[Batch]:
         """Store the plan once: a retried or resumed run gets the stored plan back unchanged."""
         with self._tx() as conn:
             # Two planners (a retry racing a slow first attempt) serialise on the header row.
@@ -502,9 +515,16 @@ class HeaderStore:
             conn.execute(
                 headers.update()
                 .where(headers.c.id == tx_id)
-                .values(batches_total=len(plan), rows_planned=rows, batch_size=batch_size, updated_at=utcnow())
+                .values(
+                    batches_total=len(plan),
+                    rows_planned=rows,
+                    batch_size=batch_size,
+                    schema_plan=schema_plan,
+                    updated_at=utcnow(),
+                )
             )
-            self._event(conn, tx_id, "plan", note, {"batches": len(plan), "rows": rows, "batch_size": batch_size})
+            details = {"batches": len(plan), "rows": rows, "batch_size": batch_size, **(data or {})}
+            self._event(conn, tx_id, "plan", note, details)
             stored = (
                 conn.execute(sa.select(batches).where(batches.c.tx_id == tx_id).order_by(batches.c.batch_no))
                 .mappings()

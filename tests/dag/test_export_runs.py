@@ -55,7 +55,9 @@ def test_demo_export_equals_the_source(demo_db: Path) -> None:
     assert exported == source  # every row and every value, in key order
     assert header.result_schema is not None and header.result_schema[9] == {
         "name": "created_at",
+        "source_type": "TIMESTAMP",  # SQLite's declared type decides: no schema in the definition
         "type": "timestamp[us]",
+        "note": "ISO text read as a timestamp",
     }
     kinds = [e.kind for e in store().events(run.run_id)]
     assert kinds[:3] == ["state", "state", "plan"] and kinds.count("batch") == header.batches_total

@@ -78,7 +78,8 @@ def test_a_viewer_reads_but_cannot_request_or_cancel(clients: dict[str, httpx.Cl
 def test_definitions(clients: dict[str, httpx.Client]) -> None:
     body = clients["viewer"].get(f"{API}/definitions").json()
     by_name = {d["name"]: d for d in body["definitions"]}
-    assert set(by_name) == {"demo_orders", "orders"}
+    # The shipped definitions and the team's own (tests/definitions, YAML and Python).
+    assert {"demo_orders", "orders", "demo_by_country", "legacy_demo_orders", "type_matrix"} <= set(by_name)
     demo = by_name["demo_orders"]
     assert demo["params_schema"]["additionalProperties"] is False
     assert demo["params_schema"]["properties"]["status"]["enum"][:2] == ["pending", "paid"]
@@ -91,7 +92,7 @@ def test_definitions(clients: dict[str, httpx.Client]) -> None:
 @pytest.mark.parametrize(
     ("body", "field", "fragment"),
     [
-        ({"definition": "nope"}, "definition", "allowed: demo_orders, orders"),
+        ({"definition": "nope"}, "definition", "not a registered definition; allowed: demo_by_country, demo_orders"),
         ({"definition": "demo_orders", "params": {"stauts": "paid"}}, "params.stauts", "allowed: since, status"),
         ({"definition": "demo_orders", "params": {"status": "lost"}}, "params.status", "allowed: pending"),
         ({"definition": "demo_orders", "batch_size": 5}, "batch_size", "allowed: 1_000 to 5_000_000"),

@@ -1,4 +1,4 @@
-"""Arrow → Parquet helpers: conforming to a declared schema, row groups, merging parts."""
+"""Arrow → Parquet helpers: conforming a transform's output to the plan, row groups, merging parts."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from export_tx.conversions import conform
 from export_tx.errors import ExportError
-from export_tx.parquet_io import conform, copy_row_groups, write_parquet
+from export_tx.parquet_io import copy_row_groups, write_parquet
 
 SCHEMA = pa.schema([("id", pa.int64()), ("amount", pa.decimal128(12, 2))])
 
@@ -32,9 +33,9 @@ def test_conform_casts_text_numbers_and_orders_columns() -> None:
 
 
 def test_conform_names_the_missing_or_unreadable_column() -> None:
-    with pytest.raises(ExportError, match="no column 'amount'"):
+    with pytest.raises(ExportError, match="column 'amount': the definition's transform did not return this column"):
         conform(pa.record_batch([pa.array([1])], names=["id"]), SCHEMA)
-    with pytest.raises(ExportError, match="column 'amount' cannot be read as decimal128"):
+    with pytest.raises(ExportError, match="column 'amount': a value does not convert exactly to decimal128"):
         conform(pa.record_batch([pa.array([1]), pa.array(["lots"])], names=["id", "amount"]), SCHEMA)
 
 

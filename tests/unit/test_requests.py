@@ -12,7 +12,8 @@ from export_tx.request import parse_request
 
 
 def test_registry_has_the_shipped_definitions() -> None:
-    assert registry.names() == ["demo_orders", "orders"]
+    # Whatever definitions a team adds (the tests add their own folder), the shipped ones are there.
+    assert {"demo_orders", "orders"} <= set(registry.names())
     orders = registry.get("orders")
     assert orders.transform is not None
     assert orders.params_schema()["additionalProperties"] is False
@@ -21,7 +22,7 @@ def test_registry_has_the_shipped_definitions() -> None:
 @pytest.mark.parametrize(
     ("conf", "field", "fragment"),
     [
-        ({"definition": "nope"}, "definition", "allowed: demo_orders, orders"),
+        ({"definition": "nope"}, "definition", "not a registered definition; allowed: "),
         ({}, "definition", "missing is not a registered definition"),
         ({"definition": "demo_orders", "params": {"stauts": "paid"}}, "params.stauts", "allowed: since, status, until"),
         ({"definition": "demo_orders", "params": {"status": "lost"}}, "params.status", "allowed: pending, paid"),

@@ -1,37 +1,13 @@
-"""The demo export: orders from the embedded SQLite database that ``make demo`` generates."""
+"""The demo export: orders from the embedded SQLite database that ``make demo`` generates.
+
+No types are declared: SQLite says what each column is (``TIMESTAMP`` columns become timestamps).
+"""
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 from export_tx.definition import ExportDefinition
 from export_tx.demo import ORDER_PARAMS
 from export_tx.sources import SqliteSource
-
-if TYPE_CHECKING:
-    import pyarrow as pa
-
-
-def _schema() -> pa.Schema:
-    import pyarrow as pa
-
-    return pa.schema(
-        [
-            ("order_id", pa.int64()),
-            ("customer_id", pa.int64()),
-            ("customer_email", pa.string()),
-            ("status", pa.string()),
-            ("amount", pa.float64()),
-            ("currency", pa.string()),
-            ("quantity", pa.int64()),
-            ("product_sku", pa.string()),
-            ("country", pa.string()),
-            ("created_at", pa.timestamp("us")),
-            ("updated_at", pa.timestamp("us")),
-            ("note", pa.string()),
-        ]
-    )
-
 
 DEFINITION = ExportDefinition(
     name="demo_orders",
@@ -49,5 +25,4 @@ DEFINITION = ExportDefinition(
     params=ORDER_PARAMS,
     max_rows=20_000_000,
     retention_days=7,
-    schema=_schema,
 )

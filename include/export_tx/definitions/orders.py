@@ -1,4 +1,8 @@
-"""Example production export: orders from PostgreSQL, customer e-mail masked on the way out."""
+"""Example production export: orders from PostgreSQL, customer e-mail masked on the way out.
+
+No types are declared: PostgreSQL says what each column is (``amount numeric(12,2)`` becomes
+``decimal128(12, 2)``, ``timestamptz`` a UTC timestamp).
+"""
 
 from __future__ import annotations
 
@@ -12,28 +16,6 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 SOURCE_CONN_ID = "export_source_pg"
-
-
-def _schema() -> pa.Schema:
-    import pyarrow as pa
-
-    return pa.schema(
-        [
-            ("order_id", pa.int64()),
-            ("customer_id", pa.int64()),
-            ("customer_email", pa.string()),
-            ("status", pa.string()),
-            # PostgreSQL numeric arrives from ADBC as text: declare it as a real decimal.
-            ("amount", pa.decimal128(12, 2)),
-            ("currency", pa.string()),
-            ("quantity", pa.int32()),
-            ("product_sku", pa.string()),
-            ("country", pa.string()),
-            ("created_at", pa.timestamp("us", tz="UTC")),
-            ("updated_at", pa.timestamp("us", tz="UTC")),
-            ("note", pa.string()),
-        ]
-    )
 
 
 def mask_email(batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -61,6 +43,5 @@ DEFINITION = ExportDefinition(
     params=ORDER_PARAMS,
     max_rows=100_000_000,
     retention_days=14,
-    schema=_schema,
     transform=mask_email,
 )
