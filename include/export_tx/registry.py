@@ -61,7 +61,8 @@ def team_files() -> list[Path]:
     files: list[Path] = []
     for folder in folders():
         if folder.is_dir():
-            files.extend(sorted(p for p in folder.iterdir() if p.suffix in SUFFIXES and not p.name.startswith((".", "_"))))
+            found = (p for p in folder.iterdir() if p.suffix in SUFFIXES and not p.name.startswith((".", "_")))
+            files.extend(sorted(found))
     return files
 
 
@@ -98,8 +99,8 @@ def load() -> Loaded:
                 problems.append(DefinitionFileError(str(path), None, f"{type(exc).__name__}: {exc}"))
                 continue
             if definition.name in found:
-                problems.append(DefinitionFileError(
-                    str(path), "name", f"{definition.name!r} is already defined by {origin[definition.name]}"))  # fmt: skip
+                taken = f"{definition.name!r} is already defined by {origin[definition.name]}"
+                problems.append(DefinitionFileError(str(path), "name", taken))
                 continue
             found[definition.name] = definition
             origin[definition.name] = str(path)
