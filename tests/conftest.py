@@ -96,6 +96,15 @@ def pg_orders(pg_database: str) -> str:
 
 
 @pytest.fixture(scope="session")
+def type_matrix(pg_orders: str) -> str:
+    """The ``type_matrix`` table (every PostgreSQL type mapped) in the source database."""
+    from tests.type_matrix_table import create_type_matrix
+
+    create_type_matrix(pg_orders)
+    return pg_orders
+
+
+@pytest.fixture(scope="session")
 def airflow_db(session_dir: Path) -> Path:
     """A migrated Airflow metadata database (SQLite) for dag.test()."""
     home = Path(os.environ["AIRFLOW_HOME"])

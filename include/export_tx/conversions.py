@@ -43,10 +43,10 @@ def to_type(array: pa.Array, target: pa.DataType, column: str) -> pa.Array:
     source = array.type
     if source.equals(target):
         return array
-    if isinstance(target, pa.ExtensionType):
-        storage = array.storage if isinstance(source, pa.ExtensionType) else array
+    if isinstance(target, pa.BaseExtensionType):
+        storage = array.storage if isinstance(source, pa.BaseExtensionType) else array
         return pa.ExtensionArray.from_storage(target, to_type(storage, target.storage_type, column))
-    if isinstance(source, pa.ExtensionType):  # PostgreSQL numeric (text), or uuid/json as storage
+    if isinstance(source, pa.BaseExtensionType):  # PostgreSQL numeric (text), or uuid/json as storage
         return to_type(array.storage, target, column)
     if pt.is_null(target):
         if array.null_count != len(array):
@@ -89,7 +89,7 @@ def check_pg_time_range(array: pa.Array, column: str) -> None:
     values = array
     while pt.is_list(values.type):
         values = values.values
-    if isinstance(values.type, pa.ExtensionType) or len(values) == values.null_count:
+    if isinstance(values.type, pa.BaseExtensionType) or len(values) == values.null_count:
         return
     if pt.is_timestamp(values.type):
         low, limit, what = pc.min(values.view(pa.int64())).as_py(), PG_MIN_TIMESTAMP_US, "timestamp"

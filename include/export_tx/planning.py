@@ -497,7 +497,7 @@ def _check_key(definition: ExportDefinition, specs: Sequence[ColumnSpec]) -> Col
     if key.arrow is not None:
         t = key.arrow_type
         ok = (pt.is_integer(t) or pt.is_string(t) or pt.is_date(t) or pt.is_timestamp(t) or pt.is_decimal(t)
-              or (isinstance(t, pa.ExtensionType) and t.extension_name == "arrow.uuid"))  # fmt: skip
+              or (isinstance(t, pa.BaseExtensionType) and t.extension_name == "arrow.uuid"))  # fmt: skip
         if not ok:
             message = f"{definition.key_column!r} is {key.source_type}; the key must be {_KEY_TYPES}"
             raise DefinitionInvalid(definition.name, [FieldError("key_column", message)])

@@ -113,7 +113,7 @@ def type_name(t: pa.DataType) -> str:
     """How a type is shown to people (and parsed back by :func:`parse_type` where it can be)."""
     import pyarrow as pa
 
-    if isinstance(t, pa.ExtensionType):
+    if isinstance(t, pa.BaseExtensionType):
         return {"arrow.uuid": "uuid", "arrow.json": "json"}.get(t.extension_name, str(t))
     return str(t)
 
@@ -136,13 +136,13 @@ def override_problem(source: pa.DataType, target: pa.DataType) -> str | None:
         return None
     if t.is_null(source):
         return None  # a column with no values: any type holds them
-    if isinstance(source, pa.ExtensionType):
+    if isinstance(source, pa.BaseExtensionType):
         if source.extension_name in ("arrow.uuid", "arrow.json") and target.equals(source.storage_type):
             return None
         if source.extension_name == "arrow.json" and t.is_string(target):
             return None
         return "only its own type or text keeps its values"
-    if isinstance(target, pa.ExtensionType):
+    if isinstance(target, pa.BaseExtensionType):
         return "only a column of that type can become it"
     if t.is_string(target) or t.is_large_string(target):
         if t.is_string(source) or t.is_large_string(source):
@@ -437,7 +437,8 @@ def pg_text_override(spec: ColumnSpec) -> ColumnSpec:
 
     column = quote_identifier(spec.name)
     return replace(spec, arrow=type_to_text(pa.string()), select=f"CAST({column} AS text) AS {column}",
-                   checks=(), rule=None, note="as PostgreSQL's text form", override="string")  # fmt: skip
+                   checks=(), rule=None, note="as PostgreSQL's text form",
+                   override=type_to_text(pa.string()))  # fmt: skip
 
 
 # -- SQLite ---------------------------------------------------------------------------------------
