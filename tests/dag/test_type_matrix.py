@@ -6,17 +6,12 @@ The definition (``tests/definitions/type_matrix.yaml``) declares no type: the so
 
 from __future__ import annotations
 
-import math
-import struct
-from decimal import Decimal
-from typing import Any
-
 import psycopg
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from export_tx.states import State
+from tests.compare import file_values, float32, same
 from tests.helpers import local_path, run_export, store
 from tests.type_matrix_table import ASCII_UUID, BIG_BYTES, BIG_TEXT, COLUMNS, SPECIAL_ROWS
 
@@ -53,39 +48,6 @@ EXPECTED_TYPES = {
 }  # fmt: skip
 
 
-def _file_values(table: pa.Table, name: str) -> list[Any]:
-    """The file's column as comparable Python values (times as integers, see SOURCE_SQL)."""
-    column = table.column(name).combine_chunks()
-    t = column.type
-    if pa.types.is_date32(t):
-        return column.view(pa.int32()).to_pylist()
-    if pa.types.is_timestamp(t) or pa.types.is_time64(t):
-        return column.view(pa.int64()).to_pylist()
-    if pa.types.is_list(t) and pa.types.is_timestamp(t.value_type):
-        values = column.values.view(pa.int64())
-        return pa.ListArray.from_arrays(column.offsets, values, mask=column.is_null()).to_pylist()
-    if pa.types.is_struct(t):
-        return [None if v is None else [v["months"], v["days"], v["microseconds"]] for v in column.to_pylist()]
-    return column.to_pylist()
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) and isinstance(b, float):
-        if math.isnan(a) or math.isnan(b):
-            return math.isnan(a) and math.isnan(b)
-        return a == b and math.copysign(1, a) == math.copysign(1, b)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b) and type(a) is type(b) or (isinstance(a, Decimal) and isinstance(b, Decimal) and a == b)
-
-
-def _float32(value: Any) -> Any:
-    """psycopg reads real as a Python float of its shortest text; the file holds the float32 itself."""
-    if value is None:
-        return None
-    return struct.unpack("f", struct.pack("f", value))[0]
-
-
 def test_every_type_exported_exactly(type_matrix: str) -> None:
     run = run_export({"definition": "type_matrix", "batch_size": 1000})
     header = store().get(run.run_id)
@@ -111,12 +73,12 @@ def test_every_type_exported_exactly(type_matrix: str) -> None:
 
     mismatches = []
     for index, name in enumerate(COLUMNS):
-        exported = _file_values(table, name)
+        exported = file_values(table, name)
         expected = [row[index] for row in source]
         if name == "f4":
-            expected = [_float32(v) for v in expected]
+            expected = [float32(v) for v in expected]
         for row_no, (want, got) in enumerate(zip(expected, exported, strict=True)):
-            if not _same(want, got):
+            if not same(want, got):
                 mismatches.append((name, source[row_no][0], repr(want)[:80], repr(got)[:80]))
     assert not mismatches, mismatches[:20]
 
