@@ -3,6 +3,7 @@
     export-tx request demo_orders --param status=shipped --wait
     export-tx status TOKEN [--wait] · export-tx logs TOKEN · export-tx cancel TOKEN
     export-tx download TOKEN [-o FILE] · export-tx list [--state RUNNING] · export-tx definitions
+    export-tx preview demo_orders --param status=shipped [--rows 10]   (nothing is written)
 
 Connection from the environment: ``EXPORT_TX_URL`` (default http://localhost:8080) and either
 ``EXPORT_TX_TOKEN`` (an Airflow JWT) or ``EXPORT_TX_USER`` + ``EXPORT_TX_PASSWORD``.
@@ -144,6 +145,23 @@ def print_status(tx: dict[str, Any], out: Any = sys.stdout) -> None:
     print(f"e-mail     {n['state']}" + (f" ({n['email']})" if n.get("email") else ""), file=out)
 
 
+def print_preview(answer: dict[str, Any], out: Any = sys.stdout) -> None:
+    plan = answer["plan"]
+    print(f"definition {answer['definition']}  params {json.dumps(answer['params'])}", file=out)
+    print(f"rows       {answer['rows']:,}", file=out)
+    print(f"plan       {plan['note']}", file=out)
+    print("columns", file=out)
+    width = max((len(c["name"]) for c in answer["columns"]), default=4)
+    for c in answer["columns"]:
+        note = f"  ({c['note']})" if c.get("note") else ""
+        print(f"  {c['name']:<{width}}  {c['source_type'] or '-'} -> {c['type']}{note}", file=out)
+    if answer["sample"]:
+        print(f"first {len(answer['sample'])} row(s)", file=out)
+        for row in answer["sample"]:
+            print("  " + json.dumps(row, ensure_ascii=False), file=out)
+    print(f"({answer['elapsed_s']:.2f} s, nothing written)", file=out)
+
+
 def download(client: httpx.Client, tx_id: str, output: Path | None) -> Path:
     tx = _check(client.get(_tx_path(tx_id)))
     target = output or Path(f"{tx['definition']}-{tx_id.replace(':', '_').replace('+', '_')}.parquet")
@@ -187,6 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     dl.add_argument("token")
     dl.add_argument("-o", "--output", type=Path)
     sub.add_parser("definitions", help="list export definitions")
+    pv = sub.add_parser("preview", help="row count, batch plan, column types and first rows, writing nothing")
+    pv.add_argument("definition")
+    pv.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+    pv.add_argument("--batch-size", type=int)
+    pv.add_argument("--rows", type=int, default=5, help="first rows to show (0 to 100)")
     args = parser.parse_args(argv)
 
     try:
@@ -205,6 +228,14 @@ def _run(client: httpx.Client, args: argparse.Namespace) -> int:
         for d in _check(client.get(f"{API}/definitions"))["definitions"]:
             params = ", ".join(d["params_schema"]["properties"])
             print(f"{d['name']:<16} {d['description']}  [params: {params or '-'}]")
+        return 0
+    if args.command == "preview":
+        query: dict[str, Any] = {"rows": args.rows}
+        if args.batch_size is not None:
+            query["batch_size"] = args.batch_size
+        for name, value in parse_params(args.param).items():
+            query[name] = "true" if value is True else "false" if value is False else str(value)
+        print_preview(_check(client.get(f"{API}/definitions/{quote(args.definition, safe='')}/preview", params=query)))
         return 0
     if args.command == "request":
         body: dict[str, Any] = {"definition": args.definition, "params": parse_params(args.param)}

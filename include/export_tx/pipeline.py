@@ -241,6 +241,99 @@ def _file_rows(path: Any) -> int:
         return int(pq.ParquetFile(f).metadata.num_rows)
 
 
+PREVIEW_ROWS_MAX = 100
+PREVIEW_RANGES_SHOWN = 20
+PREVIEW_TIME_LIMIT_SECONDS = 60.0
+
+
+def preview(definition: Any, params: dict[str, Any], batch_size: int, rows: int) -> dict[str, Any]:
+    """Try an export without writing anything: its row count, batch plan, columns (source type →
+    file type) and first rows, exactly as the file would hold them (transform applied).
+
+    Raises what planning raises (each naming the field or column) before anything is read twice.
+    """
+    from export_tx.sources import time_limit
+
+    started = time.monotonic()
+    with time_limit(PREVIEW_TIME_LIMIT_SECONDS):
+        result = plan_export(definition, params, batch_size, get_settings().max_batches)
+        sample: list[dict[str, Any]] = []
+        if rows > 0 and result.batches:
+            first = result.batches[0]
+            values = {**definition.bind_values(params), "export_tx_lo": first.lo, "export_tx_limit": rows}
+            sql = batch_sql(definition, result.schema, False, limit=True)
+            with stream(definition.source, sql, values, result.schema.binding) as reader:
+                _, batches = processed(definition, result.schema, reader)
+                taken = 0
+                for batch in batches:
+                    part = batch.slice(0, rows - taken)
+                    sample.extend(_jsonable_rows(part))
+                    taken += part.num_rows
+                    if taken >= rows:
+                        break
+    return {
+        "definition": definition.name,
+        "params": params,
+        "rows": result.total_rows,
+        "plan": {
+            "batch_size": result.batch_size,
+            "batches": len(result.batches),
+            "note": result.note,
+            "ranges": [
+                {"batch_no": b.batch_no, "from": b.lo, "below": b.hi, "rows": b.planned_rows}
+                for b in result.batches[:PREVIEW_RANGES_SHOWN]
+            ],
+        },
+        "columns": result.schema.describe(),
+        "notes": list(result.schema.notes),
+        "sample": sample,
+        "elapsed_s": round(time.monotonic() - started, 3),
+    }
+
+
+_SHOWN_CHARS = 200
+
+
+def _jsonable_rows(batch: Any) -> list[dict[str, Any]]:
+    """Rows for people to read: exact numbers as text, times as ISO text, bytes as hex, long
+    values cut (a preview, not the file)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.types as pt
+
+    columns: dict[str, list[Any]] = {}
+    for field, column in zip(batch.schema, batch.columns, strict=True):
+        t = field.type
+        if pt.is_decimal(t) or pt.is_temporal(t):
+            values = pc.cast(column, pa.string()).to_pylist()  # exact, and BC or year 99999 too
+        else:
+            values = [_jsonable(v) for v in column.to_pylist()]
+        columns[field.name] = values
+    return [{name: columns[name][i] for name in columns} for i in range(batch.num_rows)]
+
+
+def _jsonable(value: Any) -> Any:
+    import math
+    import uuid
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, str):
+        return value if len(value) <= _SHOWN_CHARS else value[:_SHOWN_CHARS] + f"… ({len(value):,} characters)"
+    if isinstance(value, bytes):
+        shown = "\\x" + value[: _SHOWN_CHARS // 2].hex()
+        return shown if len(value) <= _SHOWN_CHARS // 2 else shown + f"… ({len(value):,} bytes)"
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return str(value)
+
+
 @dataclass(frozen=True)
 class Outcome:
     succeeded: bool

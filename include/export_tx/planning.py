@@ -408,7 +408,9 @@ def batch_sql(definition: ExportDefinition, schema: SchemaPlan, bounded_above: b
     key = quote_identifier(schema.key.name)
     upper = f" AND {key} < :export_tx_hi" if bounded_above else ""
     where = f"WHERE {key} >= :export_tx_lo{upper}"
-    tail = " LIMIT :export_tx_limit" if limit else ""
+    tail = ""
+    if limit:  # rows of data: SQLite's typed first row comes on top
+        tail = " LIMIT :export_tx_limit + 1" if schema.dialect == "sqlite" else " LIMIT :export_tx_limit"
     if schema.dialect == "sqlite":
         sentinel = ", ".join(f"{sqlite_sentinel_value(c)} AS {quote_identifier(c.name)}" for c in schema.columns)
         selects = ", ".join(c.select for c in schema.columns)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -216,6 +217,20 @@ def _python_pg_type(value: Any) -> str | None:
     return None
 
 
+_TIME_LIMIT: ContextVar[float | None] = ContextVar("export_tx_time_limit", default=None)
+
+
+@contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Every PostgreSQL statement run inside stops after ``seconds`` (previews answer people
+    waiting on an HTTP request; exports themselves have no limit)."""
+    token = _TIME_LIMIT.set(seconds)
+    try:
+        yield
+    finally:
+        _TIME_LIMIT.reset(token)
+
+
 @contextmanager
 def stream(
     source: Source, sql: str, params: Mapping[str, Any], binding: PgBinding | None = None
@@ -228,6 +243,9 @@ def stream(
             if isinstance(source, PostgresSource):
                 # A definition's query only ever reads: the session refuses any write.
                 cur.execute("SET default_transaction_read_only = on")
+                limit = _TIME_LIMIT.get()
+                if limit is not None:
+                    cur.execute(f"SET statement_timeout = {int(limit * 1000)}")  # a number we computed
                 text, settings = to_session_settings(sql, params, binding)
                 if settings:
                     calls = ", ".join(f"set_config(${2 * i + 1}, ${2 * i + 2}, false)" for i in range(len(settings)))

@@ -37,9 +37,10 @@ def smtp() -> Iterator[SmtpServer]:
 
 
 @pytest.fixture(scope="session")
-def stack(session_dir: Path, demo_db: Path, smtp: SmtpServer) -> Iterator[AirflowStack]:
+def stack(session_dir: Path, demo_db: Path, smtp: SmtpServer, type_matrix: str) -> Iterator[AirflowStack]:
     """One real Airflow stack (api-server with our plugin, scheduler, dag-processor, triggerer),
-    shared by every end-to-end test of the session."""
+    shared by every end-to-end test of the session. Its components see the PostgreSQL source
+    (connection ``export_source_pg``, with the type matrix) and the team's definition folder."""
     bulk = session_dir / "bulk_exports.yaml"
     bulk.write_text(BULK_EXPORTS)
     s = AirflowStack(

@@ -53,6 +53,7 @@ def _airflow_run(client: httpx.Client, run_id: str) -> dict[str, object]:
         ("POST", f"{API}/transactions/x/cancel"),
         ("GET", f"{API}/transactions/x/download"),
         ("GET", f"{API}/me"),
+        ("GET", f"{API}/definitions/demo_orders/preview"),
         ("GET", "/exports/ui"),
     ],
 )

@@ -27,9 +27,10 @@ from export_tx.api import airflow_side, views
 from export_tx.api.views import ErrorBody, LogPage, Transaction, TransactionList
 from export_tx.control import cancel as cancel_transaction
 from export_tx.control import record_download
-from export_tx.errors import RequestInvalid
+from export_tx.errors import FieldError, RequestInvalid
+from export_tx.pipeline import PREVIEW_ROWS_MAX
 from export_tx.request import parse_request
-from export_tx.settings import DAG_ID
+from export_tx.settings import BATCH_SIZE_DEFAULT, BATCH_SIZE_MAX, BATCH_SIZE_MIN, DAG_ID
 from export_tx.states import State
 from export_tx.store import Header as TxHeader
 from export_tx.store import HeaderStore
@@ -128,6 +129,98 @@ def _accepted(header: TxHeader, replayed: bool = False) -> JSONResponse:
 def list_definitions(user: GetUserDep) -> dict[str, list[dict[str, Any]]]:
     """Every registered definition: name, description, parameter schema, limits."""
     return {"definitions": [registry.get(name).describe() for name in registry.names()]}
+
+
+def _query_params(definition: Any, request: Request) -> dict[str, Any]:
+    """The definition's parameters from the query string, typed by their JSON schema
+    (``?since=2025-01-01&min_id=5``); a value that does not parse stays text for the schema to refuse."""
+    from export_tx.definition import RESERVED_PARAMS
+
+    values: dict[str, Any] = {}
+    errors: list[FieldError] = []
+    for name, raw in request.query_params.multi_items():
+        if name in RESERVED_PARAMS:
+            continue
+        if name in values:
+            errors.append(FieldError(f"params.{name}", "given more than once"))
+            continue
+        values[name] = _typed(raw, definition.params.get(name, {}))
+    if errors:
+        raise RequestInvalid(errors)
+    return values
+
+
+def _typed(raw: str, spec: dict[str, Any]) -> Any:
+    kinds = spec.get("type")
+    kinds = set(kinds) if isinstance(kinds, list) else {kinds}
+    if raw == "" and "null" in kinds:
+        return None
+    try:
+        if "integer" in kinds:
+            return int(raw)
+        if "number" in kinds:
+            return float(raw)
+    except ValueError:
+        return raw
+    if "boolean" in kinds and raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    if kinds & {"array", "object"}:
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw
+    return raw
+
+
+def _refusal(exc: Exception) -> JSONResponse:
+    """A preview that cannot be done: 422 naming the field or column, 503 when the source is away."""
+    from export_tx.errors import DataNotExportable, DefinitionInvalid, ExportError, TooManyRows, is_transient
+    from export_tx.runtime import user_message
+
+    errors: list[dict[str, str]]
+    if isinstance(exc, RequestInvalid | DefinitionInvalid):
+        errors = [e.as_dict() for e in exc.errors]
+    elif isinstance(exc, DataNotExportable):
+        errors = [{"field": f"columns.{exc.column}", "message": str(exc)}]
+    elif isinstance(exc, TooManyRows):
+        errors = [{"field": "params", "message": str(exc)}]
+    elif isinstance(exc, ExportError):
+        errors = [{"field": "definition", "message": str(exc)}]
+    elif is_transient(exc):
+        message = user_message("the preview", exc)
+        return JSONResponse({"detail": message, "errors": []}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+    else:
+        errors = [{"field": "definition", "message": user_message("the preview", exc)}]
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
+
+
+@app.get(
+    f"{V1}/definitions/{{name}}/preview",
+    dependencies=[CanRequest],
+    responses={**ERRORS, 404: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    tags=["definitions"],
+)
+def preview_definition(
+    name: str,
+    request: Request,
+    user: GetUserDep,
+    batch_size: Annotated[int, Query(ge=BATCH_SIZE_MIN, le=BATCH_SIZE_MAX)] = BATCH_SIZE_DEFAULT,
+    rows: Annotated[int, Query(ge=0, le=PREVIEW_ROWS_MAX, description="first rows to show")] = 10,
+) -> Any:
+    """Try an export before requesting it, writing nothing: the row count, the batch plan, each
+    column's source type → file type, and the first rows as the file would hold them. The
+    definition's parameters are query parameters (``?status=shipped``)."""
+    from export_tx import pipeline
+
+    definition = registry.definitions().get(name)
+    if definition is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such definition; GET /exports/v1/definitions lists them")
+    try:
+        params = definition.validate_params(_query_params(definition, request))
+        return pipeline.preview(definition, params, batch_size, rows)
+    except Exception as exc:
+        return _refusal(exc)
 
 
 @app.post(
