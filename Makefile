@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo down test lint typecheck pytest bench lock clean
+.PHONY: install demo down test lint typecheck services browser pytest bench lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,28 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+# What the tests talk to, checked (and where this machine allows, started or installed) before
+# any test runs: otherwise one line says what is missing.
+services:
+	@pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null || { \
+	  command -v pg_ctlcluster >/dev/null && pg_ctlcluster --skip-systemctl-redirect "$$(ls /etc/postgresql | head -1)" main start >/dev/null 2>&1; \
+	  pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; } || \
+	  { echo "make test needs PostgreSQL on 127.0.0.1:5432 (trust auth for user postgres): apt-get install postgresql"; exit 1; }
+	@$(BIN)/python -c "import socket; socket.create_connection(('127.0.0.1', 6379), 3).close()" 2>/dev/null || { \
+	  command -v redis-server >/dev/null && redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null; \
+	  sleep 1; $(BIN)/python -c "import socket; socket.create_connection(('127.0.0.1', 6379), 3).close()" 2>/dev/null; } || \
+	  { echo "make test needs Redis on 127.0.0.1:6379: apt-get install redis-server"; exit 1; }
+
+# The Exports page's browser tests drive Debian's Chromium (Playwright never downloads a browser).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  echo "installing Debian's chromium for the browser tests" && \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  { echo "make test needs Chromium for the browser tests: sudo apt-get install chromium"; exit 1; }
+
+pytest: $(STAMP) services browser
 	$(BIN)/pytest
 
 test: lint typecheck pytest

@@ -26,7 +26,7 @@ CHROMIUM_ARGS = [
 def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
-    assert Path(CHROMIUM).exists(), "Debian's chromium is required (.ci/run installs it)"
+    assert Path(CHROMIUM).exists(), "Debian's chromium is required (make test installs it)"
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:

@@ -25,11 +25,15 @@ def _preview(client: httpx.Client, name: str, **query: object) -> httpx.Response
     return client.get(f"{API}/definitions/{name}/preview", params=query, timeout=60)
 
 
-def _unknown_folders() -> set[str]:
-    """Folders in storage that belong to no transaction (a preview must never leave one)."""
+def _folders() -> set[str]:
     root = Path(os.environ["EXPORT_TX_STORAGE_URI"].removeprefix("file://"))
+    return {p.name for p in root.iterdir()} if root.exists() else set()
+
+
+def _new_unknown_folders(before: set[str]) -> set[str]:
+    """Folders created since ``before`` that belong to no transaction (a preview leaves none)."""
     known = {storage.tx_folder_name(h.id) for h in store().list_headers(limit=100_000)[0]}
-    return {p.name for p in root.iterdir()} - known if root.exists() else set()
+    return _folders() - before - known
 
 
 def test_preview_of_the_demo_shows_counts_plan_types_and_first_rows(
@@ -37,6 +41,7 @@ def test_preview_of_the_demo_shows_counts_plan_types_and_first_rows(
 ) -> None:
     bob = clients["bob"]  # nobody else's exports run as bob meanwhile
     before = bob.get(f"{API}/transactions", params={"limit": 1}).json()["total_entries"]
+    folders = _folders()
     answer = _preview(bob, "demo_orders", status="shipped", since="2025-06-01", batch_size=2000, rows=3)
     assert answer.status_code == 200, answer.text
     body = answer.json()
@@ -59,7 +64,7 @@ def test_preview_of_the_demo_shows_counts_plan_types_and_first_rows(
     ]
     # Nothing was written: no transaction, no file.
     assert bob.get(f"{API}/transactions", params={"limit": 1}).json()["total_entries"] == before
-    assert _unknown_folders() == set()
+    assert _new_unknown_folders(folders) == set()
 
 
 def test_preview_of_postgres_types_with_typed_query_parameters(
