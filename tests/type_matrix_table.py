@@ -33,7 +33,7 @@ CREATE TABLE type_matrix (
     ai integer[], at text[], an numeric(8, 2)[], ats timestamptz[],
     e tm_mood,
     ip inet, cd cidr,
-    dom tm_positive,
+    dom tm_positive, doms tm_positive[],
     o oid
 )
 """
@@ -158,14 +158,14 @@ SELECT k, (g % 30000)::smallint, g * 7919, g::bigint * 2654435761, (g * 1.1)::nu
        ARRAY[TIMESTAMPTZ '2024-01-01 00:00+00' + g * INTERVAL '1 hour'],
        (ARRAY['sad', 'ok', 'happy 😀'])[1 + g % 3]::tm_mood,
        ('10.' || (g % 256) || '.0.' || (g % 200))::inet, ('10.' || (g % 256) || '.0.0/16')::cidr,
-       (1 + g % 1000)::numeric(10, 2)::tm_positive, g::oid
+       (1 + g % 1000)::numeric(10, 2)::tm_positive, ARRAY[(g / 10.0)::numeric(10, 2)::tm_positive], g::oid
 FROM (SELECT g, CASE WHEN g < 1500 THEN 100 + g * 3 WHEN g < 2500 THEN 10000000 + g * 977
                      ELSE 1000000000000 - (3200 - g) * 1234567 END AS k
       FROM generate_series(1, 3200) AS g) AS s
 """
 COLUMNS = [
     "id", "i2", "i4", "i8", "n", "n50", "nu", "nneg", "f4", "f8", "b", "t", "vc", "ch", "by", "d", "tm", "ts",
-    "tstz", "iv", "u", "j", "jb", "ai", "at", "an", "ats", "e", "ip", "cd", "dom", "o",
+    "tstz", "iv", "u", "j", "jb", "ai", "at", "an", "ats", "e", "ip", "cd", "dom", "doms", "o",
 ]  # fmt: skip
 
 

@@ -526,7 +526,7 @@ def plan_schema(definition: ExportDefinition, params: Mapping[str, Any]) -> tupl
     if isinstance(definition.source, PostgresSource):
         assert binding is not None
         pg = dict(described.columns)[key.name]
-        binding = PgBinding(binding.occurrences, pg.cast_to or pg.display)
+        binding = PgBinding(binding.occurrences, pg.display)
         if pg.name not in ("int2", "int4", "int8", "text", "varchar", "bpchar"):
             key_sql = f"CAST({key_sql} AS text)"  # bounds kept as exact text, cast back when bound
         check_param_types(definition.source, definition, values, binding)

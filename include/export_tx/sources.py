@@ -346,31 +346,16 @@ def describe_postgres(
             raise _refuse(definition, "sql", "the query returns no columns; it must be a SELECT")
         types = _pg_types(conn, [oid for _, oid, _ in fields] + param_oids)
         displays = _pg_displays(conn, [(oid, mod) for _, oid, mod in fields])
+    # PostgreSQL reports a domain column as its base type; arrays of a domain are read as arrays
+    # of the base type (the driver does not know the domain).
     columns = []
     for (name, oid, mod), display in zip(fields, displays, strict=True):
         catalog = types[oid]
-        if catalog.typtype != "d":
-            columns.append((name, PgType(catalog.name, display, catalog.typtype, mod, catalog.element)))
-            continue
-        # A domain: its base type decides, and the column is read as the base type (the driver
-        # does not know the domain's oid).
-        while catalog.typtype == "d" and catalog.base[0] in types:
-            base_oid, base_mod = catalog.base
-            catalog = types[base_oid]
-            mod = base_mod
-        columns.append(
-            (
-                name,
-                PgType(
-                    catalog.name,
-                    display,
-                    catalog.typtype,
-                    mod,
-                    catalog.element,
-                    cast_to=_typmod_display(catalog.display, catalog.name, mod),
-                ),
-            )
-        )
+        cast_to = None
+        element = catalog.element
+        if element is not None and catalog.element_domain:
+            cast_to = f"{_typmod_display(element.display, element.name, element.typmod)}[]"
+        columns.append((name, PgType(catalog.name, display, catalog.typtype, mod, element, cast_to=cast_to)))
     occurrences = tuple(types[oid].display for oid in param_oids)
     return Described(tuple(columns), PgBinding(occurrences))
 
@@ -381,8 +366,9 @@ class _CatalogType:
     name: str
     typtype: str
     element: PgType | None
-    base: tuple[int, int]  # a domain's base type and typmod
     display: str  # format_type(oid, NULL)
+    typmod: int = -1  # a domain's base typmod
+    element_domain: bool = False  # an array of a domain
 
 
 def _typmod_display(display: str, name: str, typmod: int) -> str:
@@ -421,14 +407,19 @@ def _pg_types(conn: Any, oids: Sequence[int]) -> dict[int, _CatalogType]:
         if oid not in found:
             row = rows.get(oid)
             if row is None:
-                found[oid] = _CatalogType(oid, f"unknown<oid:{oid}>", "p", None, (0, -1), "text")
-            else:
-                _, name, typtype, elem, base, basemod, category, display = row
-                element = None
-                if category == "A" and elem:
-                    inner = build(elem)
-                    element = PgType(inner.name, inner.display, inner.typtype, -1, inner.element)
-                found[oid] = _CatalogType(oid, name, typtype, element, (base, basemod), display)
+                found[oid] = _CatalogType(oid, f"unknown<oid:{oid}>", "p", None, "text")
+                return found[oid]
+            _, name, typtype, elem, base, basemod, category, display = row
+            if typtype == "d" and base in rows:  # a domain is what its base type is
+                inner = build(base)
+                found[oid] = _CatalogType(oid, inner.name, inner.typtype, inner.element, inner.display, basemod)
+                return found[oid]
+            element, element_domain = None, False
+            if category == "A" and elem:
+                inner = build(elem)
+                element = PgType(inner.name, inner.display, inner.typtype, inner.typmod, inner.element)
+                element_domain = rows.get(elem, (None, None, None))[2] == "d"
+            found[oid] = _CatalogType(oid, name, typtype, element, display, element_domain=element_domain)
         return found[oid]
 
     return {oid: build(oid) for oid in set(oids) | set(rows)}

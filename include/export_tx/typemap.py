@@ -176,20 +176,24 @@ def override_problem(source: pa.DataType, target: pa.DataType) -> str | None:
             if target.precision - target.scale < source.precision - source.scale:
                 return "fewer digits before the point would overflow"
             return None
-        if t.is_integer(target) and source.scale == 0:
+        if t.is_signed_integer(target) and source.scale == 0:
             digits = _INT_DIGITS[target.bit_width] - 1
             return None if source.precision <= digits else f"{target} holds only {digits} full digits"
         return "a decimal's values are kept only by a decimal at least as wide (floats round)"
     if t.is_boolean(source):
         return None if t.is_integer(target) else "a boolean becomes only an integer or text"
     if t.is_date(source):
-        return None if t.is_timestamp(target) and target.tz is None else "a date becomes only a timestamp or text"
+        if t.is_timestamp(target) and target.tz is None and target.unit != "ns":
+            return None
+        return "a date becomes only a timestamp (s, ms or µs) or text"
     if t.is_timestamp(source):
         if t.is_timestamp(target) and target.unit == source.unit and (source.tz is None) == (target.tz is None):
             return None  # another time zone shows the same instants
         return "only a timestamp of the same unit keeps every value (a date would drop the time)"
     if t.is_time(source):
-        return None if t.is_time(target) and target.bit_width == 64 and target.unit == "ns" else "times keep only time"
+        if t.is_time(target) and target.bit_width == 64 and target.unit == "ns":
+            return None
+        return "a time becomes only a finer time or text"
     if t.is_string(source) or t.is_large_string(source):
         # A checked parse: each value converts exactly or the export stops naming the column.
         if t.is_integer(target) or t.is_decimal(target) or t.is_date(target) or t.is_time(target):
@@ -237,7 +241,7 @@ class ColumnSpec:
     checks: tuple[Check, ...] = ()
     #: What the data must satisfy: a kind the planner understands (see planning.finish_column).
     rule: str | None = None
-    #: PostgreSQL: an element type's numeric typmod etc.; SQLite: storage classes allowed.
+    #: SQLite: the storage classes allowed, the class the driver reads, the type the values have.
     detail: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -259,15 +263,6 @@ class ColumnSpec:
         values = dict(data)
         values["checks"] = tuple(Check(**c) for c in values.get("checks", ()))
         return cls(**values)
-
-    def describe(self) -> dict[str, Any]:
-        """What a person reads: name, source type → file type, and why."""
-        return {
-            "name": self.name,
-            "source_type": self.source_type,
-            "type": type_name(self.arrow_type) if self.arrow else None,
-            "note": self.note,
-        }
 
 
 def type_to_text(t: pa.DataType) -> str:
@@ -316,7 +311,7 @@ class PgType:
     typtype: str  # b base, e enum, c composite, r range, m multirange, p pseudo, d domain
     typmod: int = -1
     element: PgType | None = None  # arrays
-    #: A domain's base type as SQL: the column is read as that (the driver does not know domains).
+    #: The type the column is read as, when the driver would not know it (arrays of a domain).
     cast_to: str | None = None
 
 
@@ -403,7 +398,9 @@ def pg_column(name: str, pg: PgType) -> ColumnSpec:
     column = quote_identifier(name)
     if pg.element is not None:
         element = pg.element
-        inner, cast, note = pg_scalar(replace(element, typmod=pg.typmod if element.name == "numeric" else -1))
+        # numeric(8,2)[]: the column's typmod is its elements'; an array of a domain: the domain's.
+        typmod = element.typmod if element.typmod != -1 else (pg.typmod if element.name == "numeric" else -1)
+        inner, cast, note = pg_scalar(replace(element, typmod=typmod))
         if inner is None:
             raise Unsupported(
                 f"{pg.display}: arrays of numeric without precision cannot be sized; declare the column "
@@ -419,7 +416,6 @@ def pg_column(name: str, pg: PgType) -> ColumnSpec:
         return ColumnSpec(name, pg.display, type_to_text(pa.list_(inner)), select, note, checks=checks,
                           rule="array_shape")  # fmt: skip
     arrow, cast, note = pg_scalar(pg)
-    cast = cast or pg.cast_to
     select = f"CAST({column} AS {cast}) AS {column}" if cast else column
     if pg.name == "numeric":
         numeric_checks = [Check("numeric_abs", f"max(abs({column}))")]

@@ -73,7 +73,7 @@ def test_a_partial_schema_is_refused_naming_the_missing_columns(monkeypatch: pyt
     # that one column and succeed. Now it is refused; nothing is dropped silently.
     _swap(monkeypatch, schema=lambda: pa.schema([("n", pa.decimal128(38, 10))]))
     run, error = _refused({}, "plan_batches")
-    assert error.startswith("planning: definition 'type_matrix': schema: lists 1 of the 32 columns")
+    assert error.startswith("planning: definition 'type_matrix': schema: lists 1 of the 33 columns")
     assert "missing: id, i2, i4, i8," in error and "declare only the types to change in columns" in error
     assert store().plan(run.run_id) == []
 

@@ -33,7 +33,7 @@ SELECT id, i2, i4, i8, n, n50, nu, nneg, f4, f8, b, t, vc, ch, by,
        u, j::text, jb::text, ai, at, an,
        CASE WHEN ats IS NULL THEN NULL ELSE COALESCE((SELECT array_agg((EXTRACT(EPOCH FROM x) * 1000000)::bigint
          ORDER BY o) FROM unnest(ats) WITH ORDINALITY AS a(x, o)), '{}') END,
-       e::text, ip::text, cd::text, dom, o
+       e::text, ip::text, cd::text, dom, doms::numeric(10, 2)[], o
 FROM type_matrix ORDER BY id
 """
 EXPECTED_TYPES = {
@@ -44,7 +44,7 @@ EXPECTED_TYPES = {
     "iv": "struct<months: int32, days: int32, microseconds: int64>", "u": "uuid", "j": "json", "jb": "json",
     "ai": "list<element: int32>", "at": "list<element: string>", "an": "list<element: decimal128(8, 2)>",
     "ats": "list<element: timestamp[us, tz=UTC]>", "e": "string", "ip": "string", "cd": "string",
-    "dom": "decimal128(10, 2)", "o": "int64",
+    "dom": "decimal128(10, 2)", "doms": "list<element: decimal128(10, 2)>", "o": "int64",
 }  # fmt: skip
 
 
