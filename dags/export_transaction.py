@@ -5,16 +5,21 @@ The run id is the transaction's **token**. The run conf (this form) names a regi
 definition and its parameters; the run then
 
 1. **begin_transaction** — validates the request and creates/starts the transaction header;
-2. **plan_batches** — counts the rows and splits them into batches of ~`batch_size` rows by count;
-3. **export_batch** (one mapped task per batch) — streams the batch's rows as Arrow into a Parquet part;
-4. **merge_parts** — merges the parts in order into one Parquet file, checks every row is there and
-   publishes it atomically; the header becomes `SUCCEEDED` with rows, bytes and sha256;
+2. **plan_batches** — asks the source for the query's column types (fixed for the whole transaction:
+   the source decides, the definition may only override without losing values), counts the rows
+   and splits them into batches of ~`batch_size` rows by count;
+3. **export_batch** (one mapped task per batch) — streams the batch's rows as Arrow, in the plan's
+   types, into a Parquet part;
+4. **merge_parts** — merges the parts in order into one Parquet file (the plan's schema, also for zero
+   rows), checks every row is there and publishes it atomically; the header becomes `SUCCEEDED`;
 5. **wait_for_download_or_delay** — a deferrable sensor: waits `notify_delay_minutes` in the triggerer,
    ending early (and skipping the mail) as soon as the file is downloaded;
 6. **notify_requester** — the smtp provider's EmailOperator mails the download link to `notify_email`;
 7. **finalize_transaction** — runs after the others; skipped when the export succeeded, otherwise it ends
    the header `FAILED` with the message of the step that failed, removes the parts and mails the failure.
 
+Only transient failures (connections, timeouts, locks, storage) are retried; a mistake in the request
+or the definition ends the transaction at once with a message naming the field or column.
 Progress and the processing log are in the transaction header store (`export_header`, `export_event`).
 """
 

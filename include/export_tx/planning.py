@@ -584,7 +584,8 @@ def plan_export(definition: ExportDefinition, params: Mapping[str, Any], batch_s
     starts = fetch_all(definition.source, starts_sql(definition, schema), values, schema.binding)
     pairs = list(zip(starts.column("k").to_pylist(), starts.column("rn").to_pylist(), strict=True))
     batches = batches_from_starts(pairs, total)
-    note = f"planned {len(batches)} batches of ~{size:,} rows for {total:,} rows"
+    count = "1 batch" if len(batches) == 1 else f"{len(batches)} batches"
+    note = f"planned {count} of ~{size:,} rows for {total:,} rows"
     if size != batch_size:
         note += f" (batch_size grown from {batch_size:,} to {size:,} to stay within {max_batches} batches)"
     return Plan(batches, total, size, note, schema)

@@ -22,7 +22,7 @@ def requester(context: Any) -> str:
     return str(name or "airflow")
 
 
-def user_message(what: str, exc: BaseException) -> str:
+def user_message(what: str, exc: BaseException, *, retries: bool = True) -> str:
     """A message safe to show the requester: no stack trace, no credentials; and whether it is
     worth waiting for a retry."""
     if isinstance(exc, ExportError):
@@ -34,6 +34,8 @@ def user_message(what: str, exc: BaseException) -> str:
         first_line = (str(exc).strip().splitlines() or [""])[0]
     first_line = _CREDENTIALS.sub(r"\1***@", first_line)[:300]
     detail = f": {first_line}" if first_line else ""
+    if not retries:
+        return f"{what} failed ({type(exc).__name__}{detail})"
     if not is_transient(exc):
         return f"{what} failed ({type(exc).__name__}{detail}); not retried: it would fail the same way again"
     return f"{what} failed ({type(exc).__name__}{detail}); the Airflow task log has the details"

@@ -7,6 +7,9 @@ from typing import Any
 
 from export_tx.settings import DAG_ID
 
+#: The export DAG's only leaf (``dags/export_transaction.py``): the run's state follows it.
+FINALIZE_TASK = "finalize_transaction"
+
 
 def trigger_run(tx_id: str, conf: dict[str, Any], user_name: str) -> None:
     """Create the run ``tx_id`` (no logical date), exactly like ``POST …/dagRuns``."""
@@ -53,9 +56,10 @@ def stop_run(tx_id: str) -> bool:
     from airflow.api_fastapi.core_api.services.public.dag_run import patch_dag_run_state
     from airflow.models.dagbag import DBDagBag
     from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
-    from airflow.utils.state import DagRunState
-    from sqlalchemy import select
+    from airflow.utils.state import DagRunState, TaskInstanceState
+    from sqlalchemy import select, update
     from sqlalchemy.exc import OperationalError
 
     for attempt in range(3):
@@ -66,6 +70,18 @@ def stop_run(tx_id: str) -> bool:
                     return False
                 dag = get_dag_for_run(DBDagBag(), dag_run, session=session)
                 patch_dag_run_state(dag=dag, dag_run=dag_run, state=DagRunMutableStates.FAILED, session=session)
+                # Marking a run failed skips its pending tasks, our finalizing leaf too. A scheduler
+                # loop that read the run as running just before (SQLite metadata has no row locks)
+                # would then see every leaf skipped and write the run back to success. A failed
+                # leaf makes every later evaluation agree: the cancelled run ends failed.
+                session.execute(
+                    update(TaskInstance)
+                    .where(TaskInstance.dag_id == DAG_ID, TaskInstance.run_id == tx_id,
+                           TaskInstance.task_id == FINALIZE_TASK,
+                           TaskInstance.state.in_([TaskInstanceState.SKIPPED, None]))
+                    .values(state=TaskInstanceState.FAILED)
+                    .execution_options(synchronize_session=False)
+                )  # fmt: skip
             return True
         except OperationalError:  # a briefly locked SQLite metadata database: try again
             if attempt == 2:

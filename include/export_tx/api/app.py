@@ -187,10 +187,10 @@ def _refusal(exc: Exception) -> JSONResponse:
     elif isinstance(exc, ExportError):
         errors = [{"field": "definition", "message": str(exc)}]
     elif is_transient(exc):
-        message = user_message("the preview", exc)
+        message = user_message("the preview", exc, retries=False) + "; try again in a moment"
         return JSONResponse({"detail": message, "errors": []}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
     else:
-        errors = [{"field": "definition", "message": user_message("the preview", exc)}]
+        errors = [{"field": "definition", "message": user_message("the preview", exc, retries=False)}]
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
     return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
 
