@@ -103,6 +103,11 @@ events = sa.Table(
 )
 
 
+#: What a listing reads: every column but the stored column plan (kilobytes a header, read by
+#: the tasks only).
+_LISTED = [c for c in headers.c if c.name != "schema_plan"]
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -151,7 +156,8 @@ class Header:
 
     @classmethod
     def from_row(cls, row: sa.RowMapping) -> Header:
-        values = {f.name: _aware(row[f.name]) for f in fields(cls)}
+        # A listing leaves out the stored column plan (``_LISTED``): it is None there.
+        values = {f.name: _aware(row.get(f.name)) for f in fields(cls)}
         values["state"] = State(values["state"])
         return cls(**values)
 
@@ -392,7 +398,7 @@ class HeaderStore:
             conditions.append(headers.c.state == state.value)
         if definition is not None:
             conditions.append(headers.c.definition == definition)
-        query = sa.select(headers).where(*conditions).order_by(headers.c.created_at.desc(), headers.c.id)
+        query = sa.select(*_LISTED).where(*conditions).order_by(headers.c.created_at.desc(), headers.c.id)
         count = sa.select(sa.func.count()).select_from(headers).where(*conditions)
         with self.engine.connect() as conn:
             rows = conn.execute(query.limit(limit).offset(offset)).mappings().all()
