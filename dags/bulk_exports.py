@@ -37,11 +37,17 @@ def _build(entry: BulkExport) -> DAG:
 
         @task(task_id="request_export")
         def request_export() -> str:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            from export_tx.bulk import BulkRunIdTaken
             from export_tx.bulk import request_export as record
 
             context: Any = get_current_context()
             moment = context.get("logical_date") or context["dag_run"].run_after
-            return record(entry, entry.tx_id(moment))
+            try:
+                return record(entry, entry.tx_id(moment))
+            except BulkRunIdTaken as exc:  # would fail the same way again
+                raise AirflowFailException(str(exc)) from exc
 
         requested = request_export()
         trigger_export = TriggerDagRunOperator(

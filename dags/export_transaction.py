@@ -48,12 +48,13 @@ def _store() -> Any:
 @task(retries=2)
 def begin_transaction() -> str:
     from export_tx import pipeline
-    from export_tx.runtime import reporting, requester
+    from export_tx.runtime import reporting, requester, triggered_by
 
     context = get_current_context()
     run_id, store = context["run_id"], _store()
     with reporting(store, run_id, "the request", context):
-        header = pipeline.begin(store, run_id, dict(context["params"]), requester(context))
+        conf, who = dict(context["params"]), requester(context)
+        header = pipeline.begin(store, run_id, conf, who, triggered_by=triggered_by(context))
     return header.id
 
 

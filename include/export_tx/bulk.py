@@ -30,6 +30,7 @@ from typing import Any
 
 from export_tx.errors import RequestInvalid
 from export_tx.request import ExportRequest, parse_request
+from export_tx.settings import BULK_RUN_PREFIX
 
 ENTRY_FIELDS = {"name", "schedule", "start_date", "catchup", "owner", "description", "paused"}
 _NAME = re.compile(r"^[a-z0-9_]+$")
@@ -56,7 +57,7 @@ class BulkExport:
 
     def tx_id(self, moment: datetime) -> str:
         """One transaction per interval: a retried run maps to the same header."""
-        return f"bulk__{self.name}__{moment:%Y%m%dT%H%M%S}"
+        return f"{BULK_RUN_PREFIX}{self.name}__{moment:%Y%m%dT%H%M%S}"
 
 
 def _entry(raw: Any, index: int) -> BulkExport:
@@ -124,4 +125,15 @@ def request_export(entry: BulkExport, tx_id: str) -> str:
     header, created = store.create(tx_id, requested_by=entry.owner, dag_id=DAG_ID, **entry.request.as_conf())
     if created:
         store.add_event(tx_id, "info", f"scheduled by {entry.dag_id}")
+    elif header.requested_by != entry.owner:
+        # Someone started a run with this interval's id by hand (refused by the export DAG): say so
+        # here, rather than skipping the export silently.
+        raise BulkRunIdTaken(
+            f"{entry.dag_id}: the run id {tx_id} was taken by a run {header.requested_by} started by hand; "
+            "this interval's export did not run (ids starting with bulk__ are reserved)"
+        )
     return header.id
+
+
+class BulkRunIdTaken(Exception):
+    """A bulk export's run id was used by another run."""

@@ -15,12 +15,25 @@ from export_tx.store import Header, HeaderStore, utcnow
 log = logging.getLogger(__name__)
 
 
+def remove_files(header: Header) -> bool:
+    """Remove what storage holds of an ended transaction: its parts and temporary file — and, when
+    it did not succeed, its result too (a merge may have published it just before the end).
+    True when something was removed."""
+    if header.state == State.SUCCEEDED:
+        removed = storage.remove_tree(storage.parts_dir(header.id))
+        tmp = storage.temp_result_path(header.id, header.definition)
+        if tmp.exists():
+            storage.remove(tmp)
+            removed = True
+        return removed
+    return storage.remove_tree(storage.tx_root(header.id))
+
+
 def cleanup(store: HeaderStore, header: Header, why: str) -> None:
-    """Remove the parts and any temporary result of an ended transaction."""
-    removed = storage.remove_tree(storage.parts_dir(header.id))
-    storage.remove(storage.temp_result_path(header.id, header.definition))
-    if removed:
-        store.add_event(header.id, "cleanup", f"removed the parts ({why})")
+    """Remove the files of an ended transaction (:func:`remove_files`) and say so in its log."""
+    if remove_files(header):
+        what = "parts" if header.state == State.SUCCEEDED else "files"
+        store.add_event(header.id, "cleanup", f"removed its {what} ({why})")
 
 
 def cancel(store: HeaderStore, tx_id: str, actor: str, stop_run: Callable[[str], object]) -> bool:
@@ -46,11 +59,12 @@ def record_download(store: HeaderStore, tx_id: str, actor: str) -> None:
     store.add_event(tx_id, "download", f"downloaded by {actor}")
 
 
-def close_after_run_failed(store: HeaderStore, tx_id: str, manual: bool) -> bool:
+def close_after_run_failed(store: HeaderStore, tx_id: str, manual: bool, clean: bool = True) -> bool:
     """Airflow ended the run failed while the header was still active.
 
     Marked failed by hand (UI or REST ``PATCH … {"state": "failed"}``) → CANCELLED; otherwise
-    (e.g. a worker lost before the finalizing task ran) → FAILED. Either way: parts removed.
+    (e.g. a worker lost before the finalizing task ran) → FAILED. With ``clean`` its files are
+    removed now; the run listener only records (housekeeping removes the files).
     """
     header = store.find(tx_id)
     if header is None or header.terminal:
@@ -62,6 +76,6 @@ def close_after_run_failed(store: HeaderStore, tx_id: str, manual: bool) -> bool
     else:
         changed = store.fail(tx_id, "the Airflow run ended failed before the export finished; "
                              "the Airflow task logs have the details", **extra)  # fmt: skip
-    if changed:
+    if changed and clean:
         cleanup(store, store.get(tx_id), "run ended")
     return changed

@@ -40,8 +40,9 @@ def build_params() -> dict[str, Any]:
         "notify_email": Param(
             None,
             type=["null", "string"],
+            maxLength=2560,
             title="Notify e-mail",
-            description="Optional address(es), comma-separated, to e-mail when the file is ready "
+            description="Optional address(es), at most 10, comma-separated, to e-mail when the file is ready "
             "(not sent if already downloaded).",
         ),
         "notify_delay_minutes": Param(
@@ -58,6 +59,7 @@ def build_params() -> dict[str, Any]:
             minimum=1,
             maximum=3650,
             title="Keep the file (days)",
-            description="Days the result is kept before it expires; empty: the definition's retention.",
+            description="Days the result is kept before it expires; empty: the definition's default. "
+            "At most the definition's maximum (GET /exports/v1/definitions lists both).",
         ),
     }

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from export_tx.errors import FieldError, RequestInvalid
+from export_tx.errors import FieldError, RequestInvalid, shown
 from export_tx.sources import WRAPPER_PREFIX, Source, check_identifier, placeholders
 
 if TYPE_CHECKING:
@@ -31,6 +31,11 @@ Transform = Callable[["pa.RecordBatch"], "pa.RecordBatch"]
 #: Query parameters of ``…/preview`` that are not the definition's own.
 RESERVED_PARAMS = ("batch_size", "rows")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+#: Bounds of a parameter value (a schema's own maxLength may be lower).
+MAX_PARAM_CHARS = 10_000
+MAX_PARAM_ITEMS = 1_000
+#: The longest any definition may keep a result.
+RETENTION_DAYS_LIMIT = 3650
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,99}$")
 
 
@@ -55,7 +60,10 @@ class ExportDefinition:
     params: Mapping[str, Any] = field(default_factory=dict)
     required: tuple[str, ...] = ()
     max_rows: int = 50_000_000
+    #: Days a result is kept unless the request asks for fewer (or more, up to the maximum).
     retention_days: int = 7
+    #: The longest retention a request may ask for (None: ``retention_days``).
+    retention_days_max: int | None = None
     #: Type overrides by column name (``pyarrow`` types or names such as ``"decimal(18,2)"``).
     #: Only where the team wants another type than the source's; every cast must keep every value.
     columns: Mapping[str, Any] = field(default_factory=dict)
@@ -113,6 +121,13 @@ class ExportDefinition:
         for label, value, low in (("max_rows", self.max_rows, 1), ("retention_days", self.retention_days, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 found.append(FieldError(label, f"must be a whole number of at least {low}"))
+        if self.retention_days_max is not None:
+            value = self.retention_days_max
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= RETENTION_DAYS_LIMIT:
+                rule = f"must be a whole number from 1 to {RETENTION_DAYS_LIMIT}"
+                found.append(FieldError("retention_days_max", rule))
+            elif isinstance(self.retention_days, int) and value < self.retention_days:
+                found.append(FieldError("retention_days_max", "must be at least retention_days"))
         if not isinstance(self.columns, Mapping):
             found.append(FieldError("columns", "must map column names to types"))
         else:
@@ -126,6 +141,10 @@ class ExportDefinition:
         if self.transform is not None and not callable(self.transform):
             found.append(FieldError("transform", "must be a function RecordBatch -> RecordBatch"))
         return found
+
+    def longest_retention(self) -> int:
+        """The most days a request may keep the result."""
+        return self.retention_days_max or self.retention_days
 
     def params_schema(self) -> dict[str, Any]:
         """The JSON schema of ``params``: unknown parameters are always refused."""
@@ -159,17 +178,17 @@ class ExportDefinition:
         validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
         errors: list[FieldError] = []
         allowed = ", ".join(sorted(self.params)) or "none"
-        for err in sorted(validator.iter_errors(params), key=lambda e: list(e.path)):
+        for err in sorted(validator.iter_errors(params), key=lambda e: [str(p) for p in e.path]):
             if err.validator == "additionalProperties":
-                for name in sorted(set(params) - set(self.params)):
+                for name in sorted(str(n) for n in set(params) - set(self.params)):
                     errors.append(
-                        FieldError(f"params.{name}", f"unknown parameter of {self.name!r}; allowed: {allowed}")
+                        FieldError(f"params.{_name(name)}", f"unknown parameter of {self.name!r}; allowed: {allowed}")
                     )
             elif err.validator == "required":
-                errors.append(FieldError("params", err.message))
+                errors.append(FieldError("params", _cut(err.message)))
             else:
                 name = ".".join(str(p) for p in err.path) or "?"
-                errors.append(FieldError(f"params.{name}", _describe(err, self.params.get(name, {}))))
+                errors.append(FieldError(f"params.{_name(name)}", _describe(err, self.params.get(name, {}))))
         bad = {e.field for e in errors}
         for name, value in params.items():
             if name in self.params and f"params.{name}" not in bad and (problem := _bindable(value)):
@@ -190,15 +209,24 @@ class ExportDefinition:
             "name": self.name,
             "description": self.description,
             "params_schema": self.params_schema(),
-            "limits": {"max_rows": self.max_rows, "retention_days": self.retention_days},
+            "limits": {
+                "max_rows": self.max_rows,
+                "retention_days_default": self.retention_days,
+                "retention_days_max": self.longest_retention(),
+            },
             "column_types": {name: type_name(t) for name, t in self.overrides().items()},
         }
 
 
 def _bindable(value: Any) -> str | None:
-    """Why a JSON value cannot be bound to a database parameter exactly (None: it can)."""
+    """Why a JSON value cannot be bound to a database parameter exactly, or is beyond what one
+    request may hold (None: it can)."""
     if isinstance(value, bool):
         return None
+    if isinstance(value, str) and len(value) > MAX_PARAM_CHARS:
+        return f"longer than {MAX_PARAM_CHARS:,} characters"
+    if isinstance(value, list | dict) and len(value) > MAX_PARAM_ITEMS:
+        return f"more than {MAX_PARAM_ITEMS:,} items"
     if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
         return f"out of range; allowed: {INT64_MIN} to {INT64_MAX} (a 64-bit integer)"
     if isinstance(value, float) and not math.isfinite(value):
@@ -212,8 +240,22 @@ def _bindable(value: Any) -> str | None:
 
 
 def _describe(err: Any, spec: Mapping[str, Any]) -> str:
+    """What is wrong with a parameter, quoting at most a few characters of the value."""
     if "enum" in spec:
-        return f"{err.instance!r} is not allowed; allowed: {', '.join(map(str, spec['enum']))}"
+        return f"{shown(err.instance)} is not allowed; allowed: {_cut(', '.join(map(str, spec['enum'])), 500)}"
     if spec.get("format") == "date":
-        return f"{err.instance!r} is not a date; use YYYY-MM-DD"
-    return str(err.message)
+        return f"{shown(err.instance)} is not a date; use YYYY-MM-DD"
+    if err.validator == "maxLength":
+        return f"longer than {err.validator_value:,} characters"
+    if err.validator == "type":
+        return f"must be of type {err.validator_value}"
+    return _cut(str(err.message))
+
+
+def _cut(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _name(name: str) -> str:
+    """A parameter name as an error's field: cut short (a hostile request may send a huge one)."""
+    return name if len(name) <= 64 else name[:63] + "…"

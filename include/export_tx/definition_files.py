@@ -14,7 +14,8 @@ A YAML definition, for analysts who write SQL, not code::
       since: {type: string, format: date, title: Issued on or after}
     required: [since]                 # optional
     max_rows: 20000000                # optional limits
-    retention_days: 7
+    retention_days: 7                 # kept this long unless the request asks otherwise …
+    retention_days_max: 30            # … up to this (default: retention_days)
     columns:                          # optional: only the types to change
       total: decimal(18, 2)
 
@@ -36,7 +37,7 @@ from export_tx.errors import DefinitionFileError
 
 YAML_FIELDS = (
     "name", "description", "connection", "sqlite", "sql", "key_column", "params", "required",
-    "max_rows", "retention_days", "columns",
+    "max_rows", "retention_days", "retention_days_max", "columns",
 )  # fmt: skip
 SUFFIXES = (".py", ".yaml", ".yml")
 #: Python definition files are imported under this package name (never clashing with real modules).
@@ -127,7 +128,7 @@ def definition_from_mapping(raw: Any, origin: str, default_name: str | None = No
     for field, kind in expected.items():
         if field in raw and raw[field] is not None and not isinstance(raw[field], kind):
             raise fail(field, f"must be a {'mapping' if kind is dict else kind.__name__}")
-    for field in ("max_rows", "retention_days"):
+    for field in ("max_rows", "retention_days", "retention_days_max"):
         if field in raw and (isinstance(raw[field], bool) or not isinstance(raw[field], int)):
             raise fail(field, "must be a whole number")
     values: dict[str, Any] = {
@@ -141,7 +142,7 @@ def definition_from_mapping(raw: Any, origin: str, default_name: str | None = No
         "columns": raw.get("columns") or {},
         "origin": origin,
     }
-    for field in ("max_rows", "retention_days"):
+    for field in ("max_rows", "retention_days", "retention_days_max"):
         if field in raw:
             values[field] = raw[field]
     try:

@@ -24,6 +24,26 @@ class FieldError:
         return f"{self.field}: {self.message}"
 
 
+#: How much of a refused value an error message quotes.
+SHOWN_CHARS = 40
+#: How many field errors one answer lists at most.
+MAX_ERRORS = 20
+
+
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """A refused value as an error message quotes it: its repr, cut short (never echo a 5 MB value)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def capped(errors: list[FieldError]) -> list[FieldError]:
+    """At most :data:`MAX_ERRORS` errors; the last says how many more there were."""
+    if len(errors) <= MAX_ERRORS:
+        return errors
+    rest = len(errors) - (MAX_ERRORS - 1)
+    return [*errors[: MAX_ERRORS - 1], FieldError(errors[MAX_ERRORS - 1].field, f"… and {rest:,} more errors")]
+
+
 class ExportError(Exception):
     """An export failure whose message is safe and useful to show the requester; never retried."""
 
@@ -32,8 +52,8 @@ class RequestInvalid(ExportError):
     """The request (run conf) is invalid; ``errors`` names each bad field."""
 
     def __init__(self, errors: list[FieldError]) -> None:
-        self.errors = errors
-        super().__init__("invalid request: " + "; ".join(str(e) for e in errors))
+        self.errors = capped(errors)
+        super().__init__("invalid request: " + "; ".join(str(e) for e in self.errors))
 
 
 class DefinitionInvalid(ExportError):

@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from export_tx import storage
-from export_tx.control import close_after_run_failed
+from export_tx.control import close_after_run_failed, remove_files
 from export_tx.notify import PENDING, SKIPPED
 from export_tx.states import ACTIVE, State
 from export_tx.store import HeaderStore, utcnow
@@ -47,17 +47,13 @@ def expire_results(store: HeaderStore) -> Report:
 
 
 def remove_leftover_parts(store: HeaderStore, lookback: timedelta = timedelta(days=30)) -> Report:
-    """Parts (and temporary results) of transactions that ended without a published file."""
+    """Every file of transactions that ended without a result to keep (FAILED, CANCELLED,
+    EXPIRED): parts, temporary files, and a result a merge published just before the end."""
     done = []
     ended = store.in_states([State.FAILED, State.CANCELLED, State.EXPIRED], finished_after=utcnow() - lookback)
     for header in ended:
-        removed = storage.remove_tree(storage.parts_dir(header.id))
-        tmp = storage.temp_result_path(header.id, header.definition)
-        if tmp.exists():
-            storage.remove(tmp)
-            removed = True
-        if removed:
-            store.add_event(header.id, "cleanup", f"housekeeping removed the parts left by the {header.state.value} "
+        if remove_files(header):
+            store.add_event(header.id, "cleanup", f"housekeeping removed the files left by the {header.state.value} "
                             "transaction")  # fmt: skip
             done.append(header.id)
     return Report("parts_removed", done)
@@ -79,7 +75,7 @@ def reconcile(store: HeaderStore, run_state: RunState, grace: timedelta = timede
             changed = store.fail(header.id, "the Airflow run of this export no longer exists (deleted); "
                                  "request the export again", **extra)  # fmt: skip
             if changed:
-                storage.remove_tree(storage.parts_dir(header.id))
+                remove_files(store.get(header.id))
         elif state == "failed":
             changed = close_after_run_failed(store, header.id, manual=False)
         else:  # success without a terminal header: the run finished but the export did not

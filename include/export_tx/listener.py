@@ -22,6 +22,10 @@ def on_dag_run_failed(dag_run: Any, msg: str) -> None:
         from export_tx.control import close_after_run_failed
         from export_tx.store import HeaderStore
 
-        close_after_run_failed(HeaderStore.from_settings(), dag_run.run_id, manual=MANUAL_MARKER in (msg or ""))
+        # Only the record, here in the scheduler's (or api-server's) own loop; the housekeeping DAG
+        # removes the files.
+        close_after_run_failed(
+            HeaderStore.from_settings(), dag_run.run_id, manual=MANUAL_MARKER in (msg or ""), clean=False
+        )
     except Exception:  # a listener must never break the scheduler or the api-server
         log.exception("could not close the export transaction of run %s", getattr(dag_run, "run_id", "?"))

@@ -15,11 +15,11 @@ from datetime import timedelta
 from typing import Any
 
 from export_tx import registry, storage
-from export_tx.errors import IntegrityError, RequestInvalid, TransactionClosed
+from export_tx.errors import FieldError, IntegrityError, RequestInvalid, TransactionClosed
 from export_tx.parquet_io import copy_row_groups, processed, write_parquet
 from export_tx.planning import SchemaPlan, batch_sql, plan_export
 from export_tx.request import EMAIL, ExportRequest, parse_request
-from export_tx.settings import BATCH_SIZE_DEFAULT, DAG_ID, NOTIFY_DELAY_DEFAULT, get_settings
+from export_tx.settings import BATCH_SIZE_DEFAULT, BULK_RUN_PREFIX, DAG_ID, NOTIFY_DELAY_DEFAULT, get_settings
 from export_tx.sources import stream
 from export_tx.states import IllegalTransition, State
 from export_tx.store import Header, HeaderStore, utcnow
@@ -48,13 +48,24 @@ def _raw_header_fields(conf: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def begin(store: HeaderStore, tx_id: str, conf: dict[str, Any], requested_by: str, dag_id: str = DAG_ID) -> Header:
+def begin(
+    store: HeaderStore,
+    tx_id: str,
+    conf: dict[str, Any],
+    requested_by: str,
+    dag_id: str = DAG_ID,
+    triggered_by: str | None = None,
+) -> Header:
     """Validate the request and move the header to RUNNING, creating it if no API did.
 
     An invalid request leaves a FAILED header naming each bad field, and raises
-    :class:`RequestInvalid` (the caller must not retry it).
+    :class:`RequestInvalid` (the caller must not retry it). So does a run started by hand with
+    an id reserved for scheduled bulk exports (their own DAG triggers them through an operator).
     """
     try:
+        if tx_id.startswith(BULK_RUN_PREFIX) and triggered_by != "operator":
+            reserved = f"run ids starting with {BULK_RUN_PREFIX} are reserved for scheduled bulk exports"
+            raise RequestInvalid([FieldError("dag_run_id", reserved)])
         request: ExportRequest | None = parse_request(conf)
     except RequestInvalid as exc:
         request, invalid = None, exc
@@ -147,8 +158,10 @@ def export_batch(store: HeaderStore, tx_id: str, batch_no: int) -> BatchResult:
             rows = write_parquet(sink, schema, batches)
             sink.close()
     duration = time.monotonic() - started
-    store.record_batch(tx_id, batch_no, rows=rows, nbytes=sink.bytes, part_uri=str(target), duration_s=duration)
-    if store.get(tx_id).terminal:
+    recorded = store.record_batch(
+        tx_id, batch_no, rows=rows, nbytes=sink.bytes, part_uri=str(target), duration_s=duration
+    )
+    if recorded is None:
         # Cancelled while this batch ran: its part would outlive the cleanup.
         storage.remove(target)
         raise TransactionClosed("the transaction ended while this batch ran; its part was removed")
@@ -363,10 +376,13 @@ def finalize(store: HeaderStore, tx_id: str) -> Outcome:
         last.message if last is not None else ("a step of the export failed; the Airflow task log has the details")
     )
     store.fail(tx_id, message)
-    if storage.remove_tree(storage.parts_dir(tx_id)):
-        store.add_event(tx_id, "cleanup", "removed the parts of the unfinished export")
-    storage.remove(storage.temp_result_path(tx_id, header.definition))
     final = store.get(tx_id)
+    if final.state != State.SUCCEEDED:
+        from export_tx.control import remove_files
+
+        # Parts, a temporary file, and a result a merge published before the store could say so.
+        if remove_files(final):
+            store.add_event(tx_id, "cleanup", "removed the files of the unfinished export")
     if final.state == State.FAILED:
         from export_tx.notify import send_failure_email
 

@@ -7,11 +7,14 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from export_tx import registry, settings
-from export_tx.errors import FieldError, RequestInvalid
+from export_tx.definition import RETENTION_DAYS_LIMIT
+from export_tx.errors import FieldError, RequestInvalid, shown
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+#: Recipients of one notification, and the longest address (RFC 5321's path limit less <>).
+MAX_RECIPIENTS = 10
+MAX_ADDRESS_CHARS = 254
 KNOWN_FIELDS = ("definition", "params", "batch_size", "notify_email", "notify_delay_minutes", "retention_days")
-RETENTION_MAX_DAYS = 3650
 
 
 @dataclass(frozen=True)
@@ -55,19 +58,42 @@ def _number_field(
     return value
 
 
+def _email_field(value: Any, errors: list[FieldError]) -> str | None:
+    """One address or several, comma-separated: at most 10, each a valid address of at most 254
+    characters. Errors never quote more than a few characters of what they refuse."""
+    if value in ("", None):
+        return None
+    rule = f"at most {MAX_RECIPIENTS} addresses, comma-separated, each of at most {MAX_ADDRESS_CHARS} characters"
+    if not isinstance(value, str):
+        errors.append(FieldError("notify_email", f"must be text: {rule}"))
+        return None
+    if len(value) > MAX_RECIPIENTS * (MAX_ADDRESS_CHARS + 2):
+        errors.append(FieldError("notify_email", f"too long; allowed: {rule}"))
+        return None
+    addresses = [a.strip() for a in value.split(",")]
+    if len(addresses) > MAX_RECIPIENTS:
+        errors.append(FieldError("notify_email", f"{len(addresses):,} addresses; allowed: {rule}"))
+        return None
+    bad = [a for a in addresses if len(a) > MAX_ADDRESS_CHARS or not EMAIL.match(a)]
+    if bad:
+        errors.append(FieldError("notify_email", f"{shown(bad[0])} is not an email address; allowed: {rule}"))
+        return None
+    return ", ".join(addresses)
+
+
 def parse_request(conf: dict[str, Any] | None) -> ExportRequest:
     """Validate a run conf; raise :class:`RequestInvalid` naming every bad field."""
     conf = dict(conf or {})
     errors: list[FieldError] = []
-    for unknown in sorted(set(conf) - set(KNOWN_FIELDS)):
-        errors.append(FieldError(unknown, f"unknown field; allowed: {', '.join(KNOWN_FIELDS)}"))
+    for unknown in sorted(str(k) for k in set(conf) - set(KNOWN_FIELDS)):
+        errors.append(FieldError(shown(unknown).strip("'"), f"unknown field; allowed: {', '.join(KNOWN_FIELDS)}"))
 
     name = conf.get("definition")
     known = registry.names()
     definition = None
     if not isinstance(name, str) or name not in known:
-        shown = "missing" if name is None else repr(name)
-        errors.append(FieldError("definition", f"{shown} is not a registered definition; allowed: {', '.join(known)}"))
+        given = "missing" if name is None else shown(name)
+        errors.append(FieldError("definition", f"{given} is not a registered definition; allowed: {', '.join(known)}"))
     else:
         definition = registry.get(name)
 
@@ -76,21 +102,11 @@ def parse_request(conf: dict[str, Any] | None) -> ExportRequest:
     )
     delay = _number_field(conf, "notify_delay_minutes", settings.NOTIFY_DELAY_DEFAULT, 0, settings.NOTIFY_DELAY_MAX,
                           errors)  # fmt: skip
-    email: Any = conf.get("notify_email")
-    if email in ("", None):
-        email = None
-    elif not isinstance(email, str):
-        errors.append(FieldError("notify_email", f"{email!r} is not an email address"))
-    else:
-        # One address or several, comma-separated.
-        addresses = [a.strip() for a in email.split(",")]
-        bad = [a for a in addresses if not EMAIL.match(a)]
-        if bad:
-            errors.append(FieldError("notify_email", f"{bad[0]!r} is not an email address"))
-        email = ", ".join(addresses)
+    email = _email_field(conf.get("notify_email"), errors)
     retention = conf.get("retention_days")
     if retention is not None:
-        retention = _int_field(conf, "retention_days", 0, 1, RETENTION_MAX_DAYS, errors)
+        longest = definition.longest_retention() if definition is not None else RETENTION_DAYS_LIMIT
+        retention = _int_field(conf, "retention_days", 0, 1, longest, errors)
 
     params: dict[str, Any] = {}
     if definition is not None:

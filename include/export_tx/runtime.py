@@ -13,6 +13,8 @@ from export_tx.errors import ExportError, TransactionClosed, driver_message, is_
 log = logging.getLogger(__name__)
 
 _CREDENTIALS = re.compile(r"(\w+://)[^/@\s]+@")
+# A server path or storage URI in a driver's message: only its last part is shown.
+_PATHS = re.compile(r"(?:[A-Za-z][\w+.-]*://|(?<![\w.])/)(?:[^\s'\"/]+/)+([^\s'\"/]+)")
 
 
 def requester(context: Any) -> str:
@@ -20,6 +22,21 @@ def requester(context: Any) -> str:
     dag_run = context.get("dag_run")
     name = getattr(dag_run, "triggering_user_name", None) if dag_run is not None else None
     return str(name or "airflow")
+
+
+def triggered_by(context: Any) -> str | None:
+    """How the run was started: ``operator`` (by another DAG's trigger operator), else what Airflow
+    says (``rest_api``, ``ui``, ``test``, or the run type ``manual``…)."""
+    dag_run = context.get("dag_run")
+    if dag_run is None:
+        return None
+    for attribute in ("run_type", "triggered_by"):  # a task sees run_type; dag.test's run has both
+        kind = getattr(dag_run, attribute, None)
+        value = None if kind is None else str(getattr(kind, "value", kind))
+        if value in ("operator_triggered", "operator"):
+            return "operator"
+    kind = getattr(dag_run, "triggered_by", None) or getattr(dag_run, "run_type", None)
+    return None if kind is None else str(getattr(kind, "value", kind))
 
 
 def user_message(what: str, exc: BaseException, *, retries: bool = True) -> str:
@@ -32,13 +49,21 @@ def user_message(what: str, exc: BaseException, *, retries: bool = True) -> str:
         first_line = driver_message(exc) + (f" (SQLSTATE {code})" if code else "")
     else:
         first_line = (str(exc).strip().splitlines() or [""])[0]
-    first_line = _CREDENTIALS.sub(r"\1***@", first_line)[:300]
+    first_line = _PATHS.sub(r"…/\1", _CREDENTIALS.sub(r"\1***@", first_line))[:300]
     detail = f": {first_line}" if first_line else ""
     if not retries:
         return f"{what} failed ({type(exc).__name__}{detail})"
     if not is_transient(exc):
         return f"{what} failed ({type(exc).__name__}{detail}); not retried: it would fail the same way again"
     return f"{what} failed ({type(exc).__name__}{detail}); the Airflow task log has the details"
+
+
+def _ended(store: Any, tx_id: str) -> bool:
+    try:
+        header = store.find(tx_id)
+    except Exception:  # the store itself may be what failed: report as usual
+        return False
+    return header is not None and header.terminal
 
 
 @contextmanager
@@ -58,6 +83,11 @@ def reporting(store: Any, tx_id: str, what: str, context: Any) -> Iterator[None]
     except TransactionClosed as exc:
         raise AirflowSkipException(str(exc)) from exc
     except Exception as exc:
+        ended = _ended(store, tx_id)
+        if ended and not isinstance(exc, ExportError):
+            # Cancelled (or failed) meanwhile: what this task hit is no news for the requester, and
+            # nothing is written to the log after its terminal state.
+            raise AirflowSkipException(f"the transaction ended while this step ran ({type(exc).__name__})") from exc
         ti = context.get("ti")
         try_number = int(getattr(ti, "try_number", 1) or 1)
         max_tries = int(getattr(ti, "max_tries", 0) or 0)
@@ -65,7 +95,9 @@ def reporting(store: Any, tx_id: str, what: str, context: Any) -> Iterator[None]
         final = deterministic or try_number > max_tries
         message = user_message(what, exc)
         try:
-            if final:
+            if ended:
+                pass  # the step ended the transaction itself (a refused request): its header says why
+            elif final:
                 store.add_event(tx_id, "error", message, {"try": try_number})
             else:
                 store.add_event(

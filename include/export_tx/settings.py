@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DAG_ID = "export_transaction"
+#: Run ids of scheduled bulk exports: only their own DAG (through its trigger operator) may use them.
+BULK_RUN_PREFIX = "bulk__"
 
 # Tables of the header store (never Airflow's metadata DB).
 HEADER_TABLE = "export_header"

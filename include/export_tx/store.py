@@ -40,7 +40,7 @@ headers = sa.Table(
     sa.Column("requested_by", sa.String(250), nullable=False),
     sa.Column("idempotency_key", sa.String(250)),
     sa.Column("request_hash", sa.String(64)),
-    sa.Column("notify_email", sa.String(320)),
+    sa.Column("notify_email", sa.Text),  # up to 10 addresses of 254 characters
     sa.Column("notify_delay_minutes", sa.Float, nullable=False),
     sa.Column("retention_days", sa.Integer),
     sa.Column("notification_state", sa.String(30), nullable=False),
@@ -264,6 +264,18 @@ def _add_missing_columns(conn: Connection) -> None:
             conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")
 
 
+def _widen_columns(conn: Connection) -> None:
+    """Columns a later version made wider (PostgreSQL enforces lengths; SQLite does not)."""
+    if conn.dialect.name != "postgresql":
+        return
+    widened = {(settings.HEADER_TABLE, "notify_email")}
+    inspector = sa.inspect(conn)
+    for table, column in widened:
+        current = {c["name"]: c["type"] for c in inspector.get_columns(table)}.get(column)
+        if isinstance(current, sa.String) and getattr(current, "length", None):
+            conn.exec_driver_sql(f"ALTER TABLE {table} ALTER COLUMN {column} TYPE text")
+
+
 def store_url_from_connection(conn_id: str) -> str:
     """SQLAlchemy URL for an Airflow PostgreSQL connection (resolved when first used)."""
     from export_tx.sources import postgres_uri
@@ -301,6 +313,7 @@ class HeaderStore:
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(727270001)"))
             metadata.create_all(conn, checkfirst=True)
             _add_missing_columns(conn)
+            _widen_columns(conn)
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
@@ -574,13 +587,19 @@ class HeaderStore:
 
     def record_batch(
         self, tx_id: str, batch_no: int, *, rows: int, nbytes: int, part_uri: str, duration_s: float
-    ) -> bool:
+    ) -> bool | None:
         """Mark a batch done with its rows. Idempotent: the header's counters are derived from
-        the batch rows, so recording batch N twice counts it once. Returns True the first time."""
+        the batch rows, so recording batch N twice counts it once. Returns True the first time,
+        False on a repeat, and None — recording nothing — once the transaction has ended (its log
+        gets nothing after its terminal state)."""
         with self._tx() as conn:
             # Lock the header first: the counters below are then computed from a snapshot taken
             # after every concurrent batch's commit (PostgreSQL READ COMMITTED), never a stale one.
-            conn.execute(sa.select(headers.c.id).where(headers.c.id == tx_id).with_for_update())
+            current = conn.execute(
+                sa.select(headers.c.state).where(headers.c.id == tx_id).with_for_update()
+            ).scalar_one()
+            if State(current) in TERMINAL:
+                return None
             before = conn.execute(
                 sa.select(batches.c.state).where(batches.c.tx_id == tx_id, batches.c.batch_no == batch_no)
             ).scalar_one()

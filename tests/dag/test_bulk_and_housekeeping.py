@@ -159,7 +159,7 @@ def test_leftover_parts_of_ended_transactions_are_removed() -> None:
     assert ended in report.transactions and running not in report.transactions
     assert not storage.parts_dir(ended).exists()
     assert storage.part_path(running, 1).exists()  # a running export keeps its parts
-    assert "housekeeping removed the parts" in s.last_event(ended, "cleanup").message  # type: ignore[union-attr]
+    assert "housekeeping removed the files left by" in s.last_event(ended, "cleanup").message  # type: ignore[union-attr]
     assert ended not in remove_leftover_parts(s).transactions
 
 
@@ -188,3 +188,24 @@ def test_reconcile_closes_headers_whose_run_ended_or_vanished() -> None:
     )
     assert not storage.parts_dir(failed).exists()
     assert s.get(running).state == State.RUNNING and s.get(fresh).state == State.RUNNING
+
+
+def test_a_bulk_run_id_started_by_hand_is_refused_and_the_bulk_export_says_so() -> None:
+    """Anyone may start an export run with any id through Airflow's API; an id a scheduled bulk
+    export will use later must not make that export vanish silently."""
+    from export_tx import bulk, pipeline
+    from export_tx.errors import RequestInvalid
+
+    entry = load(REPO / "dags" / "bulk_exports.yaml")[0]
+    tx = entry.tx_id(utcnow())
+    s = store()
+    with pytest.raises(RequestInvalid, match="dag_run_id: run ids starting with bulk__ are reserved"):
+        pipeline.begin(s, tx, {"definition": "demo_orders"}, "mallory", triggered_by="rest_api")
+    assert s.get(tx).state == State.FAILED and s.get(tx).requested_by == "mallory"
+    with pytest.raises(bulk.BulkRunIdTaken, match="was taken by a run mallory started by hand"):
+        bulk.request_export(entry, tx)
+    # The bulk export's own run (its trigger operator) is accepted.
+    own = entry.tx_id(utcnow() + timedelta(days=7))
+    assert bulk.request_export(entry, own) == own
+    header = pipeline.begin(s, own, entry.request.as_conf(), entry.owner, triggered_by="operator")
+    assert header.state == State.RUNNING and header.requested_by == "analyst"

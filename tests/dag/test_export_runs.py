@@ -195,6 +195,31 @@ def test_over_the_row_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not storage.tx_root(run.run_id).exists()
 
 
+def test_a_result_published_while_the_store_was_down_is_removed_with_the_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The merge renames the file into place, then cannot record SUCCEEDED (a store outage through
+    all its retries): the transaction ends FAILED and no file of it is left, the result included."""
+    import sqlalchemy as sa
+
+    from export_tx.store import HeaderStore
+
+    real = HeaderStore.transition
+
+    def outage(self: HeaderStore, tx_id: str, target: State, message: str, **kw: Any) -> bool:
+        if target == State.SUCCEEDED:
+            raise sa.exc.OperationalError("UPDATE export_header", {}, Exception("server closed the connection"))
+        return real(self, tx_id, target, message, **kw)
+
+    monkeypatch.setattr(HeaderStore, "transition", outage)
+    run = run_export({"definition": "demo_orders", "params": {"status": "paid"}, "batch_size": 1000})
+    header = store().get(run.run_id)
+    assert run.state == "failed" and header.state == State.FAILED
+    assert "merging failed (OperationalError" in (header.error or "")
+    assert len([e for e in store().events(run.run_id) if e.kind == "retry"]) == 3  # transient: retried
+    assert not storage.tx_root(run.run_id).exists(), "no file of a failed export is left, the result included"
+
+
 def test_merge_refuses_to_publish_when_rows_do_not_add_up(monkeypatch: pytest.MonkeyPatch) -> None:
     """If the stored batch rows and the parts disagree, nothing is published."""
     real = pipeline.export_batch

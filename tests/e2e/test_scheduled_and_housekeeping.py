@@ -46,6 +46,17 @@ def _run_housekeeping(stack: AirflowStack, admin: httpx.Client) -> None:
     assert stack.wait_run(admin, run["dag_run_id"], dag_id="export_housekeeping") == "success"
 
 
+def test_a_person_cannot_take_a_bulk_exports_run_id(stack: AirflowStack, clients: dict[str, httpx.Client]) -> None:
+    """Only the bulk export's own DAG may start runs with its (predictable) ids."""
+    analyst = clients["analyst"]
+    squatted = "bulk__weekly_shipped_orders__20990101T060000"
+    stack.trigger(analyst, {"definition": "demo_orders", "params": {}}, run_id=squatted)
+    assert stack.wait_run(analyst, squatted) == "failed"
+    header = store().get(squatted)
+    assert header.state == State.FAILED and header.requested_by == "analyst"
+    assert "dag_run_id: run ids starting with bulk__ are reserved for scheduled bulk exports" in (header.error or "")
+
+
 def test_housekeeping_expires_cleans_and_reconciles(stack: AirflowStack, clients: dict[str, httpx.Client]) -> None:
     analyst, admin = clients["analyst"], clients["admin"]
     s = store()
@@ -54,7 +65,9 @@ def test_housekeeping_expires_cleans_and_reconciles(stack: AirflowStack, clients
                                                         "params": {"status": "returned"}}).json()  # fmt: skip
     done = wait_status(analyst, tx["id"], terminal)
     assert done["state"] == "SUCCEEDED"
-    path = local_path(done["result"]["uri"])
+    assert done["result"]["storage_uri"] is None  # requesters see download links, not storage
+    assert done["result"]["uri"] == done["links"]["download"]
+    path = local_path(admin.get(tx_url(tx["id"])).json()["result"]["storage_uri"])
     s.update(tx["id"], expires_at=utcnow() - timedelta(minutes=1))
 
     # 2. a header whose run was deleted

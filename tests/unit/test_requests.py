@@ -82,5 +82,8 @@ def test_several_recipients_and_a_retention() -> None:
     assert request.notify_email == "a@x.io, b@y.io" and request.retention_days == 30
     with pytest.raises(RequestInvalid, match="notify_email: 'b@' is not an email address"):
         parse_request({"definition": "orders", "notify_email": "a@x.io,b@"})
-    with pytest.raises(RequestInvalid, match="retention_days: 0 is out of range; allowed: 1 to 3_650"):
+    with pytest.raises(RequestInvalid, match="retention_days: 0 is out of range; allowed: 1 to 90"):
         parse_request({"definition": "orders", "retention_days": 0})
+    # Never beyond the definition's maximum (published by /definitions as retention_days_max).
+    with pytest.raises(RequestInvalid, match="retention_days: 3_650 is out of range; allowed: 1 to 90"):
+        parse_request({"definition": "orders", "retention_days": 3650})

@@ -27,7 +27,7 @@ from export_tx.api import airflow_side, views
 from export_tx.api.views import ErrorBody, LogPage, Transaction, TransactionList
 from export_tx.control import cancel as cancel_transaction
 from export_tx.control import record_download
-from export_tx.errors import FieldError, RequestInvalid
+from export_tx.errors import FieldError, RequestInvalid, shown
 from export_tx.pipeline import PREVIEW_ROWS_MAX
 from export_tx.request import parse_request
 from export_tx.settings import BATCH_SIZE_DEFAULT, BATCH_SIZE_MAX, BATCH_SIZE_MIN, DAG_ID
@@ -42,6 +42,9 @@ except ImportError as exc:  # pragma: no cover - the plugin only ever loads insi
     raise ImportError("the /exports API runs inside the Airflow api-server") from exc
 
 RETRY_AFTER_SECONDS = 5
+MAX_OFFSET = 1_000_000
+MAX_EVENT_ID = 2**63 - 1
+MAX_TOKEN_CHARS = 250
 # Routes of the app; the plugin mounts it at /exports, so clients see /exports/v1/… (views.PREFIX).
 V1 = "/v1"
 STATIC = Path(__file__).with_name("static")
@@ -51,6 +54,98 @@ app = FastAPI(
     version="1",
     description="Asynchronous export transactions on Airflow: request → token → poll or e-mail → download.",
 )
+
+#: The largest request body accepted (a request is a few hundred bytes; 64 KiB leaves room).
+MAX_BODY_BYTES = 64 * 1024
+_MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+class _Refused(HTTPException):
+    """Refused before a route ran (an HTTPException, so FastAPI passes it on from body parsing)."""
+
+    def __init__(self, code: int, body: dict[str, Any]) -> None:
+        super().__init__(code, body["detail"])
+        self.code, self.body = code, body
+
+
+class Guard:
+    """ASGI middleware in front of every route: bounded request bodies (413) and, for mutations
+    authenticated by the UI's session cookie alone, a same-origin check (403) — a page on another
+    site cannot make a signed-in browser cancel an export."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.inner(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        try:
+            _check_origin(scope, headers)
+            declared = headers.get("content-length")
+            if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+                raise _Refused(413, _too_large())
+        except _Refused as refused:
+            await _answer(send, refused)
+            return
+        seen = 0
+
+        async def bounded_receive() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > MAX_BODY_BYTES:
+                    raise _Refused(413, _too_large())
+            return message
+
+        try:
+            await self.inner(scope, bounded_receive, send)
+        except _Refused as refused:  # a chunked body that grew past the limit
+            await _answer(send, refused)
+
+
+def _too_large() -> dict[str, Any]:
+    message = f"larger than {MAX_BODY_BYTES:,} bytes"
+    return {"detail": f"the request body is {message}", "errors": [{"field": "body", "message": message}]}
+
+
+def _check_origin(scope: Any, headers: dict[str, str]) -> None:
+    if scope.get("method") not in _MUTATING or "authorization" in headers or "cookie" not in headers:
+        return
+    from urllib.parse import urlsplit
+
+    origin = headers.get("origin") or headers.get("referer")
+    host = headers.get("host", "")
+    if not origin or urlsplit(origin).netloc != host:
+        message = "a request signed in by the UI's cookie must come from the Airflow UI itself (Origin header)"
+        raise _Refused(403, {"detail": message, "errors": [{"field": "Origin", "message": message}]})
+
+
+async def _answer(send: Any, refused: _Refused) -> None:
+    body = json.dumps(refused.body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": refused.code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+app.add_middleware(Guard)
+
+
+@app.exception_handler(_Refused)
+async def _refused(request: Request, exc: _Refused) -> JSONResponse:
+    return JSONResponse(exc.body, status_code=exc.code)
+
+
+@app.exception_handler(sa_exc.OperationalError)
+@app.exception_handler(sa_exc.InterfaceError)
+async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """The header store is down or locked for long: try again, not an internal error."""
+    detail = "the transaction store is unavailable for a moment; try again"
+    return JSONResponse({"detail": detail, "errors": []}, status_code=503,
+                        headers={"Retry-After": str(RETRY_AFTER_SECONDS)})  # fmt: skip
+
 
 CanRead = Depends(requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=DAG_ID))
 CanRequest = Depends(requires_access_dag("POST", DagAccessEntity.RUN, param_dag_id=DAG_ID))
@@ -102,10 +197,12 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 
 def _visible(store: HeaderStore, tx_id: str, user: Any) -> TxHeader:
+    if len(tx_id) > MAX_TOKEN_CHARS:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such transaction")
     header = store.find(tx_id)
     if header is None or not (airflow_side.is_admin(user) or header.requested_by == user.get_name()):
         # Someone else's transaction is indistinguishable from a missing one.
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no transaction {tx_id!r}")
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no transaction {shown(tx_id)}")
     return header
 
 
@@ -117,8 +214,8 @@ def _new_tx_id() -> str:
     return f"exp_{datetime.now(UTC):%Y%m%dT%H%M%S}_{secrets.token_hex(4)}"
 
 
-def _accepted(header: TxHeader, replayed: bool = False) -> JSONResponse:
-    body = views.transaction(header).model_dump(mode="json")
+def _accepted(header: TxHeader, user: Any, replayed: bool = False) -> JSONResponse:
+    body = views.transaction(header, admin=airflow_side.is_admin(user)).model_dump(mode="json")
     headers = {"Location": body["links"]["self"], "Retry-After": str(RETRY_AFTER_SECONDS)}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
@@ -252,7 +349,7 @@ def request_export(
             if existing.request_hash != digest:
                 raise HTTPException(status.HTTP_409_CONFLICT,
                                     "this Idempotency-Key was already used with a different request")  # fmt: skip
-            return _accepted(existing, replayed=True)
+            return _accepted(existing, user, replayed=True)
     tx_id = _new_tx_id()
     try:
         store.create(tx_id, requested_by=who, idempotency_key=idempotency_key, request_hash=digest, **conf)
@@ -264,13 +361,16 @@ def request_export(
         if existing.request_hash != digest:
             raise HTTPException(status.HTTP_409_CONFLICT,
                                 "this Idempotency-Key was already used with a different request") from None  # fmt: skip
-        return _accepted(existing, replayed=True)
+        return _accepted(existing, user, replayed=True)
     try:
         airflow_side.trigger_run(tx_id, conf, who)
     except Exception as exc:
         store.fail(tx_id, f"the Airflow run could not be started ({type(exc).__name__}); try again later")
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the export could not be started") from exc
-    return _accepted(store.get(tx_id))
+        # The key is free again: the client's retry with it must start the export, not replay this.
+        store.update(tx_id, idempotency_key=None)
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the export could not be started; try again",
+                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from exc  # fmt: skip
+    return _accepted(store.get(tx_id), user)
 
 
 @app.get(f"{V1}/transactions", dependencies=[CanRead], responses=ERRORS, tags=["transactions"])
@@ -278,23 +378,24 @@ def list_transactions(
     user: GetUserDep,
     store: StoreDep,
     state: State | None = None,
-    definition: str | None = None,
+    definition: Annotated[str | None, Query(max_length=100)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> TransactionList:
     """The caller's transactions, newest first (admins: everyone's)."""
     requester = None if airflow_side.is_admin(user) else user.get_name()
     found, total = store.list_headers(
         requested_by=requester, state=state, definition=definition, limit=limit, offset=offset
     )
-    return TransactionList(transactions=[views.transaction(h) for h in found], total_entries=total)
+    admin = airflow_side.is_admin(user)
+    return TransactionList(transactions=[views.transaction(h, admin=admin) for h in found], total_entries=total)
 
 
 @app.get(f"{V1}/transactions/{{tx_id}}", dependencies=[CanRead], responses={**ERRORS, 404: {"model": ErrorBody}},
          tags=["transactions"])  # fmt: skip
 def get_transaction(tx_id: str, user: GetUserDep, store: StoreDep) -> Transaction:
     """The status record: state, live progress, result or error, notification, links."""
-    return views.transaction(_visible(store, tx_id, user))
+    return views.transaction(_visible(store, tx_id, user), admin=airflow_side.is_admin(user))
 
 
 @app.get(f"{V1}/transactions/{{tx_id}}/logs", dependencies=[CanRead],
@@ -303,7 +404,7 @@ def get_logs(
     tx_id: str,
     user: GetUserDep,
     store: StoreDep,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_EVENT_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> LogPage:
     """The processing log, oldest first; page with ``after`` (the last event id seen)."""
@@ -323,7 +424,8 @@ def cancel(tx_id: str, user: GetUserDep, store: StoreDep) -> JSONResponse:
         current = store.get(tx_id).state.value
         message = f"the transaction is {current}; only a requested or running one can be cancelled"
         raise HTTPException(status.HTTP_409_CONFLICT, message)
-    return JSONResponse(views.transaction(store.get(tx_id)).model_dump(mode="json"), status_code=202)
+    body = views.transaction(store.get(tx_id), admin=airflow_side.is_admin(user)).model_dump(mode="json")
+    return JSONResponse(body, status_code=202)
 
 
 @app.get(f"{V1}/transactions/{{tx_id}}/download", dependencies=[CanRead],

@@ -22,7 +22,8 @@ class Progress(BaseModel):
 
 
 class Result(BaseModel):
-    uri: str
+    uri: str = Field(description="where to download the file (this API's download link)")
+    storage_uri: str | None = Field(None, description="where the file is stored; shown to admins only")
     rows: int
     bytes: int
     sha256: str
@@ -111,11 +112,14 @@ def links(tx_id: str) -> Links:
     )
 
 
-def transaction(header: Header) -> Transaction:
+def transaction(header: Header, *, admin: bool = False) -> Transaction:
+    """The status record. Requesters get download links; storage locations (server paths, bucket
+    and connection names) are shown to admins only."""
     result = None
     if header.state.value == "SUCCEEDED" and header.result_uri:
         result = Result(
-            uri=header.result_uri,
+            uri=links(header.id).download,
+            storage_uri=header.result_uri if admin else None,
             rows=header.result_rows or 0,
             bytes=header.result_bytes or 0,
             sha256=header.result_sha256 or "",

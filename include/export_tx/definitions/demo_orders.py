@@ -25,4 +25,5 @@ DEFINITION = ExportDefinition(
     params=ORDER_PARAMS,
     max_rows=20_000_000,
     retention_days=7,
+    retention_days_max=30,
 )

@@ -43,5 +43,6 @@ DEFINITION = ExportDefinition(
     params=ORDER_PARAMS,
     max_rows=100_000_000,
     retention_days=14,
+    retention_days_max=90,
     transform=mask_email,
 )
