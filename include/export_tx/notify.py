@@ -1,11 +1,13 @@
-"""Download-aware e-mail notification.
+"""Download-aware e-mail notification, in runs of the ``export_notification`` DAG.
 
-After the merge, :class:`WaitForDownloadOrDelaySensor` waits ``notify_delay_minutes`` from the
-merge's end **in the triggerer** (no worker slot) with :class:`DownloadOrDelayTrigger`, which
-ends early as soon as the file has been downloaded. Then :class:`NotifyRequesterOperator`
-(an ``EmailOperator`` of the smtp provider) sends the mail — unless the file was downloaded
-meanwhile. A mail server that refuses or is down marks the notification ``failed``; the export
-stays ``SUCCEEDED``. A failed export is mailed at once by :func:`send_failure_email`.
+After the merge, the export's run triggers one ``export_notification`` run and ends. There,
+:class:`WaitForDownloadOrDelaySensor` waits ``notify_delay_minutes`` from the export's end **in
+the triggerer** (no worker slot) with :class:`DownloadOrDelayTrigger`, which ends early as soon as
+the file has been downloaded. Then :class:`NotifyRequesterOperator` (an ``EmailOperator`` of the
+smtp provider) sends the mail — unless the file was downloaded meanwhile. A resend (asked through
+the API) neither waits nor cares about downloads. A mail server that refuses or is down marks the
+notification ``failed``; the export stays ``SUCCEEDED``. A failed export is mailed at once by
+:func:`send_failure_email` from the export's own run.
 """
 
 from __future__ import annotations
@@ -164,12 +166,29 @@ class DownloadOrDelayTrigger(BaseTrigger):
             await asyncio.sleep(min(self.poll_seconds, remaining))
 
 
-class WaitForDownloadOrDelaySensor(BaseSensorOperator):
-    """Wait ``notify_delay_minutes`` after the merge in the triggerer; skip the mail if the file
-    was downloaded meanwhile, or if nobody asked for one."""
+def _truthy(value: Any) -> bool:
+    """A templated flag: rendered Jinja is text."""
+    return value is True or str(value).strip().lower() in ("true", "1", "yes")
 
-    def __init__(self, *, poll_seconds: float | None = None, deferrable: bool = True, **kwargs: Any) -> None:
+
+class WaitForDownloadOrDelaySensor(BaseSensorOperator):
+    """Wait ``notify_delay_minutes`` after the export ended, in the triggerer; skip the mail if the
+    file was downloaded meanwhile, or if nobody asked for one. A resend does not wait."""
+
+    template_fields = ("tx_id", "resend")
+
+    def __init__(
+        self,
+        *,
+        tx_id: str,
+        resend: Any = False,
+        poll_seconds: float | None = None,
+        deferrable: bool = True,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
+        self.tx_id = tx_id
+        self.resend = resend
         self.poll_seconds = poll_seconds
         self.deferrable = deferrable
 
@@ -177,7 +196,9 @@ class WaitForDownloadOrDelaySensor(BaseSensorOperator):
         from airflow.sdk.exceptions import AirflowSkipException
 
         store = HeaderStore.from_settings()
-        header = store.get(context["run_id"])
+        header = store.find(self.tx_id)
+        if header is None:
+            raise AirflowSkipException("no such transaction")
         if not header.notify_email:
             raise AirflowSkipException("no notify_email was given")
         if header.state.value != "SUCCEEDED":
@@ -185,6 +206,8 @@ class WaitForDownloadOrDelaySensor(BaseSensorOperator):
         if not smtp_configured():
             record(store, header.id, SKIPPED, f"e-mail not sent: no mail server is configured ({SMTP_CONN_ID})")
             raise AirflowSkipException("no mail server configured")
+        if _truthy(self.resend):
+            return store, header, utcnow()  # asked for again: no wait, downloaded or not
         if header.downloaded_at is not None:
             record(store, header.id, SKIPPED_DOWNLOADED, "e-mail not sent: the file was already downloaded")
             raise AirflowSkipException("already downloaded")
@@ -213,7 +236,7 @@ class WaitForDownloadOrDelaySensor(BaseSensorOperator):
         from airflow.sdk.exceptions import AirflowSkipException
 
         if event and event.get("downloaded"):
-            record(HeaderStore.from_settings(), context["run_id"], SKIPPED_DOWNLOADED,
+            record(HeaderStore.from_settings(), self.tx_id, SKIPPED_DOWNLOADED,
                    "e-mail not sent: the file was downloaded during the delay")  # fmt: skip
             raise AirflowSkipException("downloaded during the delay")
 
@@ -221,20 +244,27 @@ class WaitForDownloadOrDelaySensor(BaseSensorOperator):
 class NotifyRequesterOperator(EmailOperator):
     """The smtp provider's EmailOperator, addressed and worded from the transaction header.
 
-    Checks for a download once more right before sending; records ``sent`` or ``failed``.
+    Checks for a download once more right before sending (not for a resend); records ``sent``
+    or ``failed``.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    template_fields = (*EmailOperator.template_fields, "tx_id", "resend")
+
+    def __init__(self, *, tx_id: str, resend: Any = False, **kwargs: Any) -> None:
         kwargs.setdefault("to", "placeholder@localhost")  # replaced from the header at run time
         kwargs.setdefault("conn_id", SMTP_CONN_ID)
         super().__init__(**kwargs)
+        self.tx_id = tx_id
+        self.resend = resend
 
     def execute(self, context: Any) -> None:
         from airflow.sdk.exceptions import AirflowSkipException
 
         store = HeaderStore.from_settings()
-        header = store.get(context["run_id"])
-        if header.downloaded_at is not None:
+        header = store.get(self.tx_id)
+        if header.state.value != "SUCCEEDED":
+            raise AirflowSkipException(f"the export is {header.state.value}")
+        if header.downloaded_at is not None and not _truthy(self.resend):
             record(store, header.id, SKIPPED_DOWNLOADED, "e-mail not sent: the file was already downloaded")
             raise AirflowSkipException("already downloaded")
         self.to = [a.strip() for a in (header.notify_email or "").split(",") if a.strip()]
@@ -253,4 +283,5 @@ class NotifyRequesterOperator(EmailOperator):
                 store.add_event(header.id, "retry", f"e-mail to {header.notify_email} not sent yet ({reason}); "
                                 f"attempt {try_number} of {max_tries + 1}, retrying")  # fmt: skip
             raise
-        record(store, header.id, SENT, f"e-mail sent to {header.notify_email}", notification_sent_at=utcnow())
+        again = " again, as asked" if _truthy(self.resend) else ""
+        record(store, header.id, SENT, f"e-mail sent{again} to {header.notify_email}", notification_sent_at=utcnow())

@@ -14,6 +14,9 @@ from pathlib import Path
 DAG_ID = "export_transaction"
 #: Run ids of scheduled bulk exports: only their own DAG (through its trigger operator) may use them.
 BULK_RUN_PREFIX = "bulk__"
+#: The delayed e-mail of an export runs in a run of this DAG, never inside the export's run.
+NOTIFICATION_DAG_ID = "export_notification"
+NOTIFICATION_RUN_PREFIX = "notify__"
 
 # Tables of the header store (never Airflow's metadata DB).
 HEADER_TABLE = "export_header"
@@ -48,6 +51,29 @@ def task_routing() -> dict[str, dict[str, str]]:
             "pool": _env("EXPORT_TX_MERGE_POOL", "default_pool") or "default_pool",
         },
     }
+
+
+def retry_delay_seconds() -> float:
+    """Delay between task retries (read when a DAG file is parsed: environment only)."""
+    return float(_env("EXPORT_TX_RETRY_DELAY_SECONDS", "30") or 30)
+
+
+def notification_max_active() -> int:
+    """How many notifications may wait at once (each waits deferred, in the triggerer)."""
+    return int(_env("EXPORT_TX_NOTIFY_MAX_ACTIVE", "500") or 500)
+
+
+def notification_run_id(tx_id: str, again: int = 0) -> str:
+    """The run of ``export_notification`` for a transaction's e-mail (``again``: the n-th resend).
+    Airflow run ids hold 250 characters: a longer token is shortened by a hash."""
+    import hashlib
+
+    suffix = f"__again-{again}" if again else ""
+    readable = f"{NOTIFICATION_RUN_PREFIX}{tx_id}{suffix}"
+    if len(readable) <= 250:
+        return readable
+    digest = hashlib.sha256(tx_id.encode()).hexdigest()[:16]
+    return f"{NOTIFICATION_RUN_PREFIX}{tx_id[:200]}~{digest}{suffix}"
 
 
 def _env(name: str, default: str | None = None) -> str | None:

@@ -62,8 +62,8 @@ def test_tasks_retry_and_are_verbs() -> None:
         "plan_batches",
         "export_batch",
         "merge_parts",
-        "wait_for_download_or_delay",
-        "notify_requester",
+        "check_notification",
+        "request_notification",
         "finalize_transaction",
     }
     for task in dag.tasks:
@@ -72,3 +72,16 @@ def test_tasks_retry_and_are_verbs() -> None:
     assert dag.get_task("finalize_transaction").trigger_rule == "all_done"
     # The run's state follows the export's: the finalizing task is the only leaf.
     assert [t.task_id for t in dag.leaves] == ["finalize_transaction"]
+
+
+def test_the_email_waits_in_a_dag_of_its_own() -> None:
+    """A pending e-mail never holds an export's run open (nor its max_active_runs slot)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    notification = bag.dags["export_notification"]
+    assert set(notification.task_ids) == {"wait_for_download_or_delay", "notify_requester"}
+    assert notification.get_task("wait_for_download_or_delay").deferrable is True
+    assert notification.max_active_runs >= 100
+    export = bag.dags["export_transaction"]
+    assert export.get_task("request_notification").trigger_dag_id == "export_notification"

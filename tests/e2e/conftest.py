@@ -97,21 +97,31 @@ def terminal(status: dict[str, Any]) -> bool:
     return status.get("state") in ("SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED")
 
 
-def task_states(client: httpx.Client, run_id: str) -> dict[tuple[str, int], str | None]:
+def task_states(
+    client: httpx.Client, run_id: str, dag_id: str = "export_transaction"
+) -> dict[tuple[str, int], str | None]:
     from urllib.parse import quote
 
-    answer = client.get(
-        f"/api/v2/dags/export_transaction/dagRuns/{quote(run_id, safe='')}/taskInstances", params={"limit": 100}
-    )
+    answer = client.get(f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances", params={"limit": 100})
     answer.raise_for_status()
     return {(t["task_id"], t["map_index"]): t["state"] for t in answer.json()["task_instances"]}
 
 
-def wait_task(client: httpx.Client, run_id: str, task_id: str, states: set[str], timeout: float = 120) -> str:
+def wait_task(
+    client: httpx.Client,
+    run_id: str,
+    task_id: str,
+    states: set[str],
+    timeout: float = 120,
+    dag_id: str = "export_transaction",
+) -> str:
     deadline = time.monotonic() + timeout
     state = None
     while time.monotonic() < deadline:
-        state = task_states(client, run_id).get((task_id, -1))
+        try:
+            state = task_states(client, run_id, dag_id).get((task_id, -1))
+        except httpx.HTTPStatusError:  # the run may not exist yet
+            state = None
         if state in states:
             return state
         time.sleep(0.5)

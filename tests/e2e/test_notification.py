@@ -11,11 +11,19 @@ import httpx
 import pytest
 
 from export_tx.devstack import AirflowStack
+from export_tx.settings import notification_run_id
 from tests.e2e.conftest import terminal, tx_url, wait_status, wait_task
 from tests.smtp import SmtpServer
 
 pytestmark = pytest.mark.stack
 API = "/exports/v1"
+NOTIFY = "export_notification"
+
+
+def _export_run(client: httpx.Client, tx_id: str) -> str:
+    from urllib.parse import quote
+
+    return str(client.get(f"/api/v2/dags/export_transaction/dagRuns/{quote(tx_id, safe='')}").json()["state"])
 
 
 def _address() -> str:
@@ -61,13 +69,16 @@ def test_no_email_when_downloaded_during_the_delay(clients: dict[str, httpx.Clie
     email = _address()
     tx_id = _request(analyst, email, delay=1.0)  # a minute: plenty of time to download first
     assert wait_status(analyst, tx_id, terminal)["state"] == "SUCCEEDED"
-    assert wait_task(admin, tx_id, "wait_for_download_or_delay", {"deferred"}, timeout=60) == "deferred"
+    run = notification_run_id(tx_id)
+    assert wait_task(admin, run, "wait_for_download_or_delay", {"deferred"}, timeout=60, dag_id=NOTIFY) == "deferred"
+    # The e-mail waits in its own run: the export's run has already ended.
+    assert _export_run(admin, tx_id) == "success"
     started = time.monotonic()
     assert analyst.get(tx_url(tx_id) + "/download").status_code == 200
     # The sensor ends early (well before the minute) and the e-mail is skipped.
-    assert wait_task(admin, tx_id, "wait_for_download_or_delay", {"skipped"}, timeout=40) == "skipped"
+    assert wait_task(admin, run, "wait_for_download_or_delay", {"skipped"}, timeout=40, dag_id=NOTIFY) == "skipped"
     assert time.monotonic() - started < 40
-    assert wait_task(admin, tx_id, "notify_requester", {"skipped"}, timeout=30) == "skipped"
+    assert wait_task(admin, run, "notify_requester", {"skipped"}, timeout=30, dag_id=NOTIFY) == "skipped"
     status = analyst.get(tx_url(tx_id)).json()
     assert status["notification"]["state"] == "skipped_downloaded" and status["notification"]["sent_at"] is None
     time.sleep(1)
@@ -85,13 +96,9 @@ def test_mail_server_down_marks_the_notification_failed_not_the_export(
     try:
         tx_id = _request(analyst, email, delay=0)
         assert wait_status(analyst, tx_id, terminal)["state"] == "SUCCEEDED"
-        assert wait_task(admin, tx_id, "notify_requester", {"failed"}, timeout=120) == "failed"
-        run = admin.get(f"/api/v2/dags/export_transaction/dagRuns/{tx_id}").json()
-        deadline = time.monotonic() + 60
-        while run["state"] not in ("success", "failed") and time.monotonic() < deadline:
-            time.sleep(0.5)
-            run = admin.get(f"/api/v2/dags/export_transaction/dagRuns/{tx_id}").json()
-        assert run["state"] == "success"  # the run follows the export, not the e-mail
+        run = notification_run_id(tx_id)
+        assert wait_task(admin, run, "notify_requester", {"failed"}, timeout=120, dag_id=NOTIFY) == "failed"
+        assert _export_run(admin, tx_id) == "success"  # the export's run follows the export, not the e-mail
     finally:
         smtp.start()
     status = analyst.get(tx_url(tx_id)).json()
@@ -121,3 +128,41 @@ def test_a_failed_export_is_mailed_at_once(
     assert f"{tx_url(tx_id)}/logs" in mail.body
     status = wait_status(analyst, tx_id, lambda s: s["notification"]["state"] == "sent")
     assert status["error"].startswith("invalid request: params.status: 'lost' is not allowed")
+
+
+def test_pending_emails_never_hold_exports_back(clients: dict[str, httpx.Client], smtp: SmtpServer) -> None:
+    """A week-long e-mail delay waits in the triggerer, in its own run: the export's run ends, and
+    another export (of anyone) runs meanwhile."""
+    analyst, bob, admin = clients["analyst"], clients["bob"], clients["admin"]
+    waiting = _request(analyst, _address(), delay=7 * 24 * 60)
+    assert wait_status(analyst, waiting, terminal)["state"] == "SUCCEEDED"
+    run = notification_run_id(waiting)
+    assert wait_task(admin, run, "wait_for_download_or_delay", {"deferred"}, timeout=60, dag_id=NOTIFY) == "deferred"
+    assert _export_run(admin, waiting) == "success"
+    other = _request(bob, _address(), delay=7 * 24 * 60, params={"status": "returned"})
+    assert wait_status(bob, other, terminal, timeout=120)["state"] == "SUCCEEDED"
+    assert analyst.get(tx_url(waiting)).json()["notification"]["state"] == "pending"
+
+
+def test_the_email_is_sent_again_on_request(clients: dict[str, httpx.Client], smtp: SmtpServer) -> None:
+    analyst, bob = clients["analyst"], clients["bob"]
+    email = _address()
+    tx_id = _request(analyst, email, delay=0)
+    wait_status(analyst, tx_id, lambda s: s["notification"]["state"] == "sent")
+    smtp.collector.wait_for(email, timeout=60)
+    assert analyst.get(tx_url(tx_id) + "/download").status_code == 200  # a download does not stop a resend
+    assert bob.post(tx_url(tx_id) + "/notify").status_code == 404  # only the owner (or an admin)
+    answer = analyst.post(tx_url(tx_id) + "/notify")
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["notification"]["state"] == "pending"
+    deadline = time.monotonic() + 90
+    while len(smtp.collector.to(email)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert len(smtp.collector.to(email)) == 2
+    status = wait_status(analyst, tx_id, lambda s: s["notification"]["state"] == "sent")
+    assert status["notification"]["sent_at"] is not None
+    messages = [e["message"] for e in analyst.get(tx_url(tx_id) + "/logs").json()["events"]]
+    assert "e-mail asked for again by analyst" in messages
+    assert f"e-mail sent again, as asked to {email}" in messages
+    unfinished = analyst.post(f"{API}/transactions", json={"definition": "demo_orders", "params": {}}).json()
+    assert analyst.post(tx_url(unfinished["id"]) + "/notify").status_code == 409

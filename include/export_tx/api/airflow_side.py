@@ -11,8 +11,8 @@ from export_tx.settings import DAG_ID
 FINALIZE_TASK = "finalize_transaction"
 
 
-def trigger_run(tx_id: str, conf: dict[str, Any], user_name: str) -> None:
-    """Create the run ``tx_id`` (no logical date), exactly like ``POST …/dagRuns``."""
+def trigger_run(tx_id: str, conf: dict[str, Any], user_name: str, dag_id: str = DAG_ID) -> None:
+    """Create the run ``tx_id`` of ``dag_id`` (no logical date), exactly like ``POST …/dagRuns``."""
     import time
 
     from airflow.api.common.trigger_dag import trigger_dag
@@ -25,7 +25,7 @@ def trigger_run(tx_id: str, conf: dict[str, Any], user_name: str) -> None:
         try:
             with create_session() as session:
                 trigger_dag(
-                    DAG_ID,
+                    dag_id,
                     triggered_by=DagRunTriggeredByType.REST_API,
                     triggering_user_name=user_name,
                     run_id=tx_id,

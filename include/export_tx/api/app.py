@@ -452,6 +452,36 @@ def download(tx_id: str, user: GetUserDep, store: StoreDep) -> Any:
     return RedirectResponse(url, status_code=status.HTTP_303_SEE_OTHER)
 
 
+@app.post(f"{V1}/transactions/{{tx_id}}/notify", dependencies=[CanRequest], status_code=202,
+          responses={**ERRORS, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+          tags=["transactions"])  # fmt: skip
+def notify_again(tx_id: str, user: GetUserDep, store: StoreDep) -> JSONResponse:
+    """Send the "your export is ready" e-mail again, now (owner or admin): a run of
+    ``export_notification`` that neither waits nor skips a downloaded file."""
+    from export_tx.notify import PENDING
+    from export_tx.settings import NOTIFICATION_DAG_ID, notification_run_id
+
+    header = _visible(store, tx_id, user)
+    if header.state != State.SUCCEEDED:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"the transaction is {header.state.value}; only a SUCCEEDED "
+                            "export's e-mail can be sent")  # fmt: skip
+    if not header.notify_email:
+        raise HTTPException(status.HTTP_409_CONFLICT, "the request gave no notify_email to send to")
+    again = 1 + len(store.events(tx_id, kind="notification-request", limit=1000))
+    run_id = notification_run_id(tx_id, again)
+    try:
+        airflow_side.trigger_run(run_id, {"transaction": tx_id, "resend": True}, user.get_name(),
+                                 dag_id=NOTIFICATION_DAG_ID)  # fmt: skip
+    except Exception as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the e-mail could not be requested; try again",
+                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from exc  # fmt: skip
+    store.update(tx_id, notification_state=PENDING)
+    store.add_event(tx_id, "notification-request", f"e-mail asked for again by {user.get_name()}",
+                    {"notification": PENDING, "run_id": run_id})  # fmt: skip
+    body = views.transaction(store.get(tx_id), admin=airflow_side.is_admin(user)).model_dump(mode="json")
+    return JSONResponse(body, status_code=202)
+
+
 @app.get(f"{V1}/me", dependencies=[CanRead], responses=ERRORS, tags=["definitions"])
 def me(user: GetUserDep) -> dict[str, Any]:
     """Who the caller is and what they may do (the Exports page shows buttons accordingly)."""

@@ -41,6 +41,7 @@ class Links(BaseModel):
     logs: str
     cancel: str
     download: str
+    notify: str
     airflow: str
 
 
@@ -108,6 +109,7 @@ def links(tx_id: str) -> Links:
         logs=f"{base}/logs",
         cancel=f"{base}/cancel",
         download=f"{base}/download",
+        notify=f"{base}/notify",
         airflow=f"/dags/{DAG_ID}/runs/{quote(tx_id, safe='')}",
     )
 
