@@ -20,10 +20,16 @@ API = "/exports/v1"
 NOTIFY = "export_notification"
 
 
-def _export_run(client: httpx.Client, tx_id: str) -> str:
+def _export_run(client: httpx.Client, tx_id: str, timeout: float = 60) -> str:
+    """The export's Airflow run state once it has ended (it ends right after starting the e-mail)."""
     from urllib.parse import quote
 
-    return str(client.get(f"/api/v2/dags/export_transaction/dagRuns/{quote(tx_id, safe='')}").json()["state"])
+    deadline = time.monotonic() + timeout
+    while True:
+        state = str(client.get(f"/api/v2/dags/export_transaction/dagRuns/{quote(tx_id, safe='')}").json()["state"])
+        if state in ("success", "failed") or time.monotonic() > deadline:
+            return state
+        time.sleep(0.5)
 
 
 def _address() -> str:
