@@ -32,7 +32,11 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[2]
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
-DEMO_USERS = "admin:admin,analyst:user,viewer:viewer"
+# The model: a platform admin, two analysts, a viewer (README: "Who may do what").
+DEMO_USERS = "admin:admin,analyst:user,bob:user,viewer:viewer"
+AUTH_MANAGER = "export_tx.auth.ExportsAuthManager"
+#: Who requests the demo's export: an analyst, who then finds it on the Exports page and in the CLI.
+DEMO_REQUESTER = "analyst"
 
 
 # Airflow's [database] sql_alchemy_connect_args for the embedded SQLite metadata database.
@@ -89,6 +93,7 @@ class AirflowStack:
                 "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
                 "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
                 "AIRFLOW__CORE__PARALLELISM": "4",
+                "AIRFLOW__CORE__AUTH_MANAGER": AUTH_MANAGER,
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": DEMO_USERS,
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base_url}/execution/",
                 "AIRFLOW__API__PORT": str(self.port),
@@ -516,12 +521,14 @@ def run_demo(rows: int) -> int:
         _step(f"{step} ({what})")
         stack.start()
         stack.wait_ready()
-        step = "triggering the export through Airflow's stable REST API"
+        step = "requesting the export as the analyst (POST /exports/v1/transactions)"
         _step(step)
-        with stack.client("admin") as client:
-            run = stack.trigger(client, {"definition": "demo_orders", "params": {}})
-            run_id = run["dag_run_id"]
-            print(f"    token (dag_run_id): {run_id}")
+        with stack.client(DEMO_REQUESTER) as client:
+            answer = client.post("/exports/v1/transactions", json={"definition": "demo_orders", "params": {}})
+            if answer.status_code != 202:
+                raise StackError(f"the request was refused: {answer.status_code} {answer.text[:300]}")
+            run_id = answer.json()["id"]
+            print(f"    token (the Airflow run id): {run_id}")
             step = "following the transaction (export-tx status --wait)"
             _step(step)
             from export_tx.cli import follow

@@ -17,6 +17,14 @@ BULK_RUN_PREFIX = "bulk__"
 #: The delayed e-mail of an export runs in a run of this DAG, never inside the export's run.
 NOTIFICATION_DAG_ID = "export_notification"
 NOTIFICATION_RUN_PREFIX = "notify__"
+HOUSEKEEPING_DAG_ID = "export_housekeeping"
+BULK_DAG_PREFIX = "bulk_export__"
+
+
+def is_product_dag(dag_id: str) -> bool:
+    """The DAGs whose runs are transactions or act on them: the platform team's alone."""
+    return dag_id in (DAG_ID, NOTIFICATION_DAG_ID, HOUSEKEEPING_DAG_ID) or dag_id.startswith(BULK_DAG_PREFIX)
+
 
 # Tables of the header store (never Airflow's metadata DB).
 HEADER_TABLE = "export_header"

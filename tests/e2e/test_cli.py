@@ -71,9 +71,9 @@ def test_cancel(stack: AirflowStack) -> None:
 
 
 def test_wait_follows_a_run_triggered_through_airflows_api(stack: AirflowStack) -> None:
-    """What make demo does: trigger via the stable REST API, then follow before the header exists."""
-    with stack.client("analyst") as client:
+    """The platform team triggers through the stable REST API; the CLI follows before the header exists."""
+    with stack.client("admin") as client:
         run_id = stack.trigger(client, {"definition": "demo_orders", "params": {"status": "paid"}})["dag_run_id"]
-    followed = _cli(stack, "status", run_id, "--wait")
+    followed = _cli(stack, "status", run_id, "--wait", user="admin")
     assert followed.returncode == 0, followed.stderr
     assert "state      SUCCEEDED" in followed.stdout and "result     2,000 rows" in followed.stdout

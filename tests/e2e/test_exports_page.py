@@ -112,3 +112,52 @@ def test_the_page_opens_inside_the_airflow_ui(browser: Any, stack: AirflowStack,
     assert frame.locator("tbody tr").count() >= 1  # the admin sees everyone's
     page.screenshot(path=_artifact(session_dir, "exports-in-airflow-ui.png"), full_page=True)
     page.context.close()
+
+
+def test_an_analyst_requests_an_export_from_the_form(
+    browser: Any, stack: AirflowStack, clients: dict[str, httpx.Client], session_dir: Path
+) -> None:
+    """The analysts' door to new exports: a form generated from the definition's parameter schema
+    (Airflow's own trigger form is the platform team's)."""
+
+    def bobs() -> int:
+        return int(clients["bob"].get("/exports/v1/transactions", params={"limit": 1}).json()["total_entries"])
+
+    before = bobs()
+    page = _page_as(browser, stack, "bob")
+    page.goto("/exports/ui")
+    form = page.locator("#new-export")
+    form.wait_for(state="visible", timeout=30_000)
+    page.select_option("#f-definition", "demo_orders")
+    # The definition's parameters, typed by their schema: an enum is a drop-down, a date a date input.
+    assert page.locator("#p-status option").all_inner_texts()[:3] == ["(any)", "pending", "paid"]
+    assert page.locator("#p-since").get_attribute("type") == "date"
+    assert page.locator("#f-retention_days").get_attribute("max") == "30"
+    # A mistake is named next to its field, and nothing is requested.
+    page.fill("#f-batch_size", "10")
+    page.click("#f-submit")
+    error = page.locator('.field-error[data-field="batch_size"]')
+    error.filter(has_text="allowed: 1_000 to 5_000_000").wait_for(timeout=10_000)
+    assert bobs() == before
+    # Typed at a person's speed, the value sent is the value typed.
+    page.fill("#f-batch_size", "")
+    page.locator("#f-batch_size").press_sequentially("1000", delay=80)
+    page.select_option("#p-status", "paid")
+    page.locator("#p-since").fill("2025-06-01")
+    page.click("#f-submit")
+    page.locator("#form-message", has_text="requested: ").wait_for(timeout=30_000)
+    token = page.locator("#form-message").inner_text().removeprefix("requested: ")
+    status = wait_status(clients["bob"], token, terminal)
+    assert status["state"] == "SUCCEEDED" and status["requested_by"] == "bob"
+    assert status["params"] == {"status": "paid", "since": "2025-06-01"} and status["batch_size"] == 1000
+    page.locator(f'tr[data-id="{token}"] .state', has_text="SUCCEEDED").wait_for(timeout=60_000)
+    page.screenshot(path=_artifact(session_dir, "exports-new-export.png"), full_page=True)
+    page.context.close()
+
+
+def test_a_viewer_gets_no_form(browser: Any, stack: AirflowStack) -> None:
+    page = _page_as(browser, stack, "viewer")
+    page.goto("/exports/ui")
+    page.locator("#status", has_text="transaction(s)").wait_for(timeout=30_000)
+    assert page.locator("#new-export").is_hidden()
+    page.context.close()

@@ -27,7 +27,7 @@ def _wait_header(tx_id: str, timeout: float = 300) -> object:
 
 
 def test_rest_triggered_export_succeeds(stack: AirflowStack, demo_db: Path) -> None:
-    with stack.client("analyst") as client:
+    with stack.client("admin") as client:  # Airflow's own doors are the platform team's
         run = stack.trigger(
             client, {"definition": "demo_orders", "params": {"status": "delivered"}, "batch_size": 3000}
         )
@@ -38,7 +38,7 @@ def test_rest_triggered_export_succeeds(stack: AirflowStack, demo_db: Path) -> N
     header = store().get(tx)
     source = demo_source_rows(demo_db, "status = ?", ("delivered",))
     assert header.state == State.SUCCEEDED
-    assert header.requested_by == "analyst"
+    assert header.requested_by == "admin"
     assert header.result_rows == header.rows_written == len(source)
     assert header.batches_total == -(-len(source) // 3000)
     path = local_path(header.result_uri or "")

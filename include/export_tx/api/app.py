@@ -25,19 +25,19 @@ from sqlalchemy import exc as sa_exc
 from export_tx import registry, storage
 from export_tx.api import airflow_side, views
 from export_tx.api.views import ErrorBody, LogPage, Transaction, TransactionList
+from export_tx.auth import may_use_exports
 from export_tx.control import cancel as cancel_transaction
 from export_tx.control import record_download
 from export_tx.errors import FieldError, RequestInvalid, shown
 from export_tx.pipeline import PREVIEW_ROWS_MAX
 from export_tx.request import parse_request
-from export_tx.settings import BATCH_SIZE_DEFAULT, BATCH_SIZE_MAX, BATCH_SIZE_MIN, DAG_ID
+from export_tx.settings import BATCH_SIZE_DEFAULT, BATCH_SIZE_MAX, BATCH_SIZE_MIN
 from export_tx.states import State
 from export_tx.store import Header as TxHeader
 from export_tx.store import HeaderStore
 
-try:  # Inside the api-server (pinned Airflow): its own authentication and authorisation.
-    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
-    from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
+try:  # Inside the api-server (pinned Airflow): its own authentication.
+    from airflow.api_fastapi.core_api.security import GetUserDep
 except ImportError as exc:  # pragma: no cover - the plugin only ever loads inside Airflow
     raise ImportError("the /exports API runs inside the Airflow api-server") from exc
 
@@ -147,9 +147,22 @@ async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
                         headers={"Retry-After": str(RETRY_AFTER_SECONDS)})  # fmt: skip
 
 
-CanRead = Depends(requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=DAG_ID))
-CanRequest = Depends(requires_access_dag("POST", DagAccessEntity.RUN, param_dag_id=DAG_ID))
-CanCancel = Depends(requires_access_dag("PUT", DagAccessEntity.RUN, param_dag_id=DAG_ID))
+def _requires(method: str) -> Any:
+    """Authorisation on the product's own resource (export_tx.auth): reading one's own exports
+    needs a viewer, requesting, cancelling and re-sending a user. Never Airflow's permissions on
+    the export DAG's runs: those are the platform team's."""
+
+    def check(user: GetUserDep) -> None:
+        if not may_use_exports(user, method):
+            raise HTTPException(status.HTTP_403_FORBIDDEN, f"{user.get_name()} may not {_VERBS[method]} exports")
+
+    return Depends(check)
+
+
+_VERBS = {"GET": "read", "POST": "request", "PUT": "change"}
+CanRead = _requires("GET")
+CanRequest = _requires("POST")
+CanCancel = _requires("PUT")
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "not authenticated"},
@@ -485,17 +498,8 @@ def notify_again(tx_id: str, user: GetUserDep, store: StoreDep) -> JSONResponse:
 @app.get(f"{V1}/me", dependencies=[CanRead], responses=ERRORS, tags=["definitions"])
 def me(user: GetUserDep) -> dict[str, Any]:
     """Who the caller is and what they may do (the Exports page shows buttons accordingly)."""
-    from airflow.api_fastapi.app import get_auth_manager
-    from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
-
-    manager = get_auth_manager()
-
-    def may(method: str) -> bool:
-        return bool(manager.is_authorized_dag(method=method, access_entity=DagAccessEntity.RUN,  # type: ignore[arg-type]
-                                              details=DagDetails(id=DAG_ID), user=user))  # fmt: skip
-
     return {"user": user.get_name(), "admin": airflow_side.is_admin(user),
-            "can_request": may("POST"), "can_cancel": may("PUT")}  # fmt: skip
+            "can_request": may_use_exports(user, "POST"), "can_cancel": may_use_exports(user, "PUT")}  # fmt: skip
 
 
 @app.get("/ui", response_class=HTMLResponse, dependencies=[CanRead], include_in_schema=False)
