@@ -560,6 +560,10 @@ def _summary(stack: AirflowStack, header: Any) -> None:
     others = ", ".join(f"{u} / {p}" for u, p in passwords.items() if u != "admin")
     if others:
         print(f"           other users: {others}")
+    print(
+        f"Exports    http://localhost:{stack.port}/exports/ui  (sign in as {DEMO_REQUESTER}: the demo's export and "
+        "a New export form)"
+    )
     print(f"passwords  {stack.passwords_file}")
     print(f"API        http://localhost:{stack.port}/exports/v1/transactions/{header.id}  (export-tx status TOKEN)")
     print("The stack keeps running; 'make down' stops it.")
