@@ -385,7 +385,9 @@ class AirflowStack:
         return str(answer.json()["access_token"])
 
     def client(self, user: str) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {self.token(user)}"}, timeout=30)
+        # Above SQLite's 30 s lock wait (the embedded metadata database): a slow answer, not an error.
+        headers = {"Authorization": f"Bearer {self.token(user)}"}
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=75)
 
     def trigger(
         self, client: httpx.Client, conf: dict[str, Any], run_id: str | None = None, dag_id: str = "export_transaction"
@@ -400,8 +402,15 @@ class AirflowStack:
         run_id = run_id or f"manual__{datetime.now(UTC).isoformat()}"
         body: dict[str, Any] = {"dag_run_id": run_id, "logical_date": None, "conf": conf}
         url = f"/api/v2/dags/{dag_id}/dagRuns"
+        answer: httpx.Response | None = None
         for attempt in range(4):
-            answer = client.post(url, json=body)
+            try:
+                answer = client.post(url, json=body)
+            except httpx.TimeoutException:
+                # The embedded SQLite metadata database can hold a request past the client's
+                # timeout; the run id is fixed, so asking again never makes a second run.
+                time.sleep(1 + attempt)
+                continue
             if answer.status_code == 200:
                 return dict(answer.json())
             if answer.status_code == 409 and attempt:  # an earlier attempt did create it
@@ -409,14 +418,18 @@ class AirflowStack:
             if answer.status_code < 500:
                 break
             time.sleep(1 + attempt)
-        raise StackError(f"trigger refused: {answer.status_code} {answer.text[:500]}")
+        raise StackError(f"trigger refused: {answer.status_code} {answer.text[:500]}" if answer is not None
+                         else "trigger timed out four times")  # fmt: skip
 
     def wait_run(
         self, client: httpx.Client, run_id: str, timeout: float = 600, dag_id: str = "export_transaction"
     ) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            state = client.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}").json()["state"]
+            try:
+                state = client.get(f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}").json()["state"]
+            except httpx.TimeoutException:  # a briefly locked SQLite metadata database: ask again
+                continue
             if state in ("success", "failed"):
                 return str(state)
             time.sleep(0.5)
