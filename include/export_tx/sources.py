@@ -16,7 +16,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from export_tx.errors import DefinitionInvalid, FieldError, driver_message, is_transient
+from export_tx.errors import DefinitionInvalid, FieldError, RequestInvalid, driver_message, is_transient
 from export_tx.typemap import PgType
 
 if TYPE_CHECKING:
@@ -301,11 +301,17 @@ def _refuse(definition: str, field: str, message: str) -> DefinitionInvalid:
 
 
 def describe_postgres(
-    source: PostgresSource, definition: str, sql: str, param_specs: Mapping[str, Mapping[str, Any]]
+    source: PostgresSource,
+    definition: str,
+    sql: str,
+    param_specs: Mapping[str, Mapping[str, Any]],
+    values: Mapping[str, Any] | None = None,
 ) -> Described:
     """Prepare (never run) the definition's query and ask PostgreSQL for the type of every column
     and placeholder. A placeholder PostgreSQL cannot type (``:since IS NULL``) gets its JSON
-    schema's type. Raises :class:`DefinitionInvalid` when PostgreSQL refuses the query."""
+    schema's type. Raises :class:`DefinitionInvalid` when PostgreSQL refuses the query, and
+    :class:`RequestInvalid` when one of ``values`` is not a valid value of its placeholder's type
+    (a ``bigint`` filter refuses 10^20, an ``integer`` one 3·10^9) — named, before any work."""
     import psycopg
     from psycopg import pq
 
@@ -346,6 +352,9 @@ def describe_postgres(
             raise _refuse(definition, "sql", "the query returns no columns; it must be a SELECT")
         types = _pg_types(conn, [oid for _, oid, _ in fields] + param_oids)
         displays = _pg_displays(conn, [(oid, mod) for _, oid, mod in fields])
+        occurrences = tuple(types[oid].display for oid in param_oids)
+        if values:
+            _check_values(conn, names, occurrences, values)
     # PostgreSQL reports a domain column as its base type; arrays of a domain are read as arrays
     # of the base type (the driver does not know the domain).
     columns = []
@@ -356,8 +365,34 @@ def describe_postgres(
         if element is not None and catalog.element_domain:
             cast_to = f"{_typmod_display(element.display, element.name, element.typmod)}[]"
         columns.append((name, PgType(catalog.name, display, catalog.typtype, mod, element, cast_to=cast_to)))
-    occurrences = tuple(types[oid].display for oid in param_oids)
     return Described(tuple(columns), PgBinding(occurrences))
+
+
+def _check_values(conn: Any, names: Sequence[str], types: Sequence[str], values: Mapping[str, Any]) -> None:
+    """Each value cast by PostgreSQL to the type of each placeholder it fills."""
+    import psycopg
+
+    pairs = {(name, pg_type): values[name] for name, pg_type in zip(names, types, strict=False)
+             if values.get(name) is not None}  # fmt: skip
+    errors: list[FieldError] = []
+    for (name, pg_type), value in sorted(pairs.items()):
+        try:
+            # The type name comes from PostgreSQL's catalog (format_type), never from a user.
+            conn.execute(f"SELECT CAST(CAST(%s AS text) AS {pg_type})", (setting_value(value),))
+        except (psycopg.errors.DataError, psycopg.errors.IntegrityConstraintViolation) as exc:
+            errors.append(FieldError(f"params.{name}", _param_problem(exc, name, pg_type)))
+    if errors:
+        raise RequestInvalid(errors)
+
+
+def _param_problem(exc: Any, name: str, pg_type: str) -> str:
+    state = getattr(exc, "sqlstate", "") or ""
+    where = f"the type :{name} has in the definition's query"
+    if state == "22003":
+        return f"out of range for {pg_type}, {where}"
+    if state.startswith("23"):
+        return f"not allowed by {pg_type}, {where}"
+    return f"not a valid {pg_type}, {where}"
 
 
 @dataclass(frozen=True)
