@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from export_tx import registry, settings
+from export_tx.definition import RETENTION_DAYS_LIMIT
 
 
 def build_params() -> dict[str, Any]:
@@ -57,7 +58,7 @@ def build_params() -> dict[str, Any]:
             None,
             type=["null", "integer"],
             minimum=1,
-            maximum=3650,
+            maximum=RETENTION_DAYS_LIMIT,
             title="Keep the file (days)",
             description="Days the result is kept before it expires; empty: the definition's default. "
             "At most the definition's maximum (GET /exports/v1/definitions lists both).",

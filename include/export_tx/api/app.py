@@ -116,9 +116,12 @@ def _check_origin(scope: Any, headers: dict[str, str]) -> None:
         return
     from urllib.parse import urlsplit
 
+    from export_tx.settings import get_settings
+
     origin = headers.get("origin") or headers.get("referer")
-    host = headers.get("host", "")
-    if not origin or urlsplit(origin).netloc != host:
+    # The address the request came to, or the public one (behind a proxy that rewrites Host).
+    allowed = {headers.get("host", ""), urlsplit(get_settings().public_base_url).netloc}
+    if not origin or urlsplit(origin).netloc not in allowed:
         message = "a request signed in by the UI's cookie must come from the Airflow UI itself (Origin header)"
         raise _Refused(403, {"detail": message, "errors": [{"field": "Origin", "message": message}]})
 
