@@ -184,6 +184,21 @@ class AirflowStack:
                 pass
         self.state_file.unlink(missing_ok=True)
 
+    def stop_component(self, name: str, timeout: float = 30) -> None:
+        """Stop one component (SIGTERM to its process group, SIGKILL after ``timeout``), as an
+        operator restarting it would; ``start()`` starts it again. Task runners live in process
+        groups of their own and are not touched."""
+        pids = self._pids()
+        pid = pids.pop(name, None)
+        if pid is None:
+            raise StackError(f"{name} is not a running component of this stack")
+        _signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _group_alive(pid):
+            time.sleep(0.2)
+        _signal_group(pid, signal.SIGKILL)
+        self._write_state(pids=pids)
+
     def _marked_processes(self) -> list[int]:
         return _processes_with_env({f"EXPORT_TX_STACK_HOME={self.home}".encode()})
 

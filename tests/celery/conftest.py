@@ -9,12 +9,10 @@ dropped afterwards, whatever happens.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ import pytest
 
 from export_tx.devstack import AirflowStack
 from export_tx.store import Header, HeaderStore
-from tests.conftest import PG_ADMIN_DSN
+from tests.deploy import S3, Source, fresh_database, moto_s3, orders_source
 from tests.smtp import free_port
 
 #: Rows in the source table: 8–12 batches of a few tens of thousands of rows each.
@@ -37,147 +35,19 @@ REDIS_DBS = range(7, 16)
 RUNS = "/api/v2/dags/export_transaction/dagRuns"
 
 
-# -- PostgreSQL ------------------------------------------------------------------------------
-
-
-@contextmanager
-def fresh_database(prefix: str) -> Iterator[str]:
-    """A new database on the machine's PostgreSQL (dropped afterwards); yields its DSN."""
-    import psycopg
-
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield PG_ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-#: Every row of the export as the product must write it (e-mail masked), as one text per row,
-#: computed by PostgreSQL itself — independent of the product's ADBC/Arrow path.
-SOURCE_FACTS_SQL = r"""
-SELECT count(*), count(DISTINCT order_id), sum(order_id), sum(amount),
-       md5(string_agg(concat_ws('|', order_id, customer_id,
-                                regexp_replace(customer_email, '^([^@])[^@]*@', '\1***@'),
-                                status, amount, currency, quantity, product_sku, country,
-                                extract(epoch FROM created_at)::bigint, extract(epoch FROM updated_at)::bigint,
-                                coalesce(note, '<null>')),
-                      E'\n' ORDER BY order_id))
-FROM orders
-"""
-
-
-@dataclass(frozen=True)
-class SourceFacts:
-    rows: int
-    distinct_keys: int
-    key_sum: int
-    amount_sum: str
-    digest: str
-
-
-@dataclass(frozen=True)
-class Source:
-    dsn: str
-    facts: SourceFacts
-
-
 @pytest.fixture(scope="module")
 def source() -> Iterator[Source]:
     """The ``orders`` table (PostgreSQL) the ``orders`` definition reads; the header store lives
     in the same database."""
-    import psycopg
-
-    from export_tx.demo import generate_orders_pg
-
-    with fresh_database("export_tx_celery_data") as dsn:
-        generate_orders_pg(dsn, SOURCE_ROWS, "orders")
-        with psycopg.connect(dsn) as conn:
-            row = conn.execute(SOURCE_FACTS_SQL).fetchone()
-        assert row is not None
-        yield Source(dsn, SourceFacts(int(row[0]), int(row[1]), int(row[2]), str(row[3]), str(row[4])))
-
-
-def file_facts(table: Any) -> SourceFacts:
-    """The same facts as :data:`SOURCE_FACTS_SQL`, computed from the exported Parquet table."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    table = table.sort_by("order_id")
-
-    def text(name: str) -> Any:
-        return pc.cast(table[name], pa.string())
-
-    def epoch(name: str) -> Any:
-        return pc.cast(pc.divide(pc.cast(table[name], pa.int64()), 1_000_000), pa.string())
-
-    columns = [
-        text("order_id"),
-        text("customer_id"),
-        table["customer_email"],
-        table["status"],
-        text("amount"),
-        table["currency"],
-        text("quantity"),
-        table["product_sku"],
-        table["country"],
-        epoch("created_at"),
-        epoch("updated_at"),
-        pc.fill_null(table["note"], "<null>"),
-    ]
-    lines = pc.binary_join_element_wise(*columns, "|")
-    digest = hashlib.md5("\n".join(lines.to_pylist()).encode(), usedforsecurity=False).hexdigest()
-    return SourceFacts(
-        rows=table.num_rows,
-        distinct_keys=len(pc.unique(table["order_id"])),
-        key_sum=int(pc.sum(table["order_id"]).as_py()),
-        amount_sum=str(pc.sum(table["amount"]).as_py()),
-        digest=digest,
-    )
-
-
-# -- S3 ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class S3:
-    endpoint: str
-    bucket: str
-    client: Any  # a boto3 S3 client
-
-    def keys(self, prefix: str) -> list[str]:
-        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
-        return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
-
-    def read(self, key: str) -> bytes:
-        return bytes(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+    with orders_source("export_tx_celery_data", SOURCE_ROWS) as found:
+        yield found
 
 
 @pytest.fixture(scope="module")
 def s3() -> Iterator[S3]:
     """moto in server mode on loopback: the workers and the api-server reach it over HTTP."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        client = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-            region_name="us-east-1",
-        )
-        bucket = f"export-tx-{uuid.uuid4().hex[:8]}"
-        client.create_bucket(Bucket=bucket)
-        yield S3(endpoint, bucket, client)
-    finally:
-        server.stop()
+    with moto_s3() as found:
+        yield found
 
 
 # -- Redis (the Celery broker) -------------------------------------------------------------------

@@ -22,7 +22,8 @@ import pytest
 from export_tx import storage
 from export_tx.states import State
 from export_tx.store import Header
-from tests.celery.conftest import Deployment, file_facts
+from tests.celery.conftest import Deployment
+from tests.deploy import file_facts
 
 pytestmark = pytest.mark.stack
 
