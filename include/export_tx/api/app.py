@@ -19,18 +19,20 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, WithJsonSchema
 from sqlalchemy import exc as sa_exc
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from export_tx import registry, storage
+from export_tx import registry, settings, storage
 from export_tx.api import airflow_side, views
 from export_tx.api.views import ErrorBody, LogPage, Transaction, TransactionList
 from export_tx.auth import may_use_exports
 from export_tx.control import cancel as cancel_transaction
 from export_tx.control import record_download
+from export_tx.definition import RETENTION_DAYS_LIMIT
 from export_tx.errors import FieldError, RequestInvalid, shown
 from export_tx.pipeline import PREVIEW_ROWS_MAX
-from export_tx.request import parse_request
+from export_tx.request import MAX_ADDRESS_CHARS, MAX_RECIPIENTS, parse_request
 from export_tx.settings import BATCH_SIZE_DEFAULT, BATCH_SIZE_MAX, BATCH_SIZE_MIN
 from export_tx.states import State
 from export_tx.store import Header as TxHeader
@@ -141,6 +143,18 @@ async def _refused(request: Request, exc: _Refused) -> JSONResponse:
     return JSONResponse(exc.body, status_code=exc.code)
 
 
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Every refusal has the same shape. FastAPI's own 400 for a body it cannot even decode (not
+    UTF-8, say) names the body like any malformed request."""
+    if exc.status_code == status.HTTP_400_BAD_REQUEST and exc.detail == "There was an error parsing the body":
+        message = "not valid JSON"
+        body: dict[str, Any] = {"detail": f"the request body is {message}",
+                                "errors": [{"field": "body", "message": message}]}  # fmt: skip
+        return JSONResponse(body, status_code=exc.status_code)
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
 @app.exception_handler(sa_exc.OperationalError)
 @app.exception_handler(sa_exc.InterfaceError)
 async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
@@ -167,9 +181,14 @@ CanRead = _requires("GET")
 CanRequest = _requires("POST")
 CanCancel = _requires("PUT")
 
+#: Every route may answer these, all with the same body: ``detail`` and the ``errors`` naming fields.
 ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "the request body is not valid JSON"},
     401: {"model": ErrorBody, "description": "not authenticated"},
-    403: {"model": ErrorBody, "description": "no permission on the export_transaction DAG"},
+    403: {"model": ErrorBody, "description": "no permission on exports, or a cookie-signed mutation from another site"},
+    413: {"model": ErrorBody, "description": f"the request body is larger than {MAX_BODY_BYTES:,} bytes"},
+    422: {"model": ErrorBody, "description": "a field or parameter is not allowed; errors name each one"},
+    503: {"model": ErrorBody, "description": "the transaction store is unavailable for a moment; see Retry-After"},
 }
 
 
@@ -180,16 +199,82 @@ def get_store() -> HeaderStore:
 StoreDep = Annotated[HeaderStore, Depends(get_store)]
 
 
-class TransactionRequest(BaseModel):
-    """The run conf of the design doc. Values are checked by the same code the DAG runs."""
+def _documented(schema: dict[str, Any]) -> Any:
+    """Accept any JSON value here and describe what is allowed in the OpenAPI document: the values
+    are checked by the same code the DAG runs (``request.parse_request``), so every door refuses
+    the same mistakes with the same message naming the field."""
+    return WithJsonSchema(schema)
 
-    model_config = ConfigDict(extra="forbid")
-    definition: Any = None
-    params: Any = None
-    batch_size: Any = None
-    notify_email: Any = None
-    notify_delay_minutes: Any = None
-    retention_days: Any = None
+
+class TransactionRequest(BaseModel):
+    """The run conf of the design doc."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"required": ["definition"]})
+    definition: Annotated[
+        Any,
+        _documented(
+            {
+                "type": "string",
+                "maxLength": 100,
+                "description": "a registered definition (GET /exports/v1/definitions lists them)",
+            }
+        ),
+    ] = None
+    params: Annotated[
+        Any,
+        _documented(
+            {
+                "type": "object",
+                "description": "the definition's parameters, as its params_schema in GET /exports/v1/definitions says",
+            }
+        ),
+    ] = None
+    batch_size: Annotated[
+        Any,
+        _documented(
+            {
+                "type": "integer",
+                "minimum": settings.BATCH_SIZE_MIN,
+                "maximum": settings.BATCH_SIZE_MAX,
+                "default": settings.BATCH_SIZE_DEFAULT,
+                "description": "rows per batch",
+            }
+        ),
+    ] = None
+    notify_email: Annotated[
+        Any,
+        _documented(
+            {
+                "type": ["string", "null"],
+                "maxLength": MAX_RECIPIENTS * (MAX_ADDRESS_CHARS + 2),
+                "description": f"at most {MAX_RECIPIENTS} addresses, comma-separated, each of at most "
+                f"{MAX_ADDRESS_CHARS} characters: e-mailed when the file is ready",
+            }
+        ),
+    ] = None
+    notify_delay_minutes: Annotated[
+        Any,
+        _documented(
+            {
+                "type": "number",
+                "minimum": 0,
+                "maximum": settings.NOTIFY_DELAY_MAX,
+                "default": settings.NOTIFY_DELAY_DEFAULT,
+                "description": "minutes to wait before e-mailing; no e-mail if the file was downloaded by then",
+            }
+        ),
+    ] = None
+    retention_days: Annotated[
+        Any,
+        _documented(
+            {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": RETENTION_DAYS_LIMIT,
+                "description": "days the file is kept; at most the definition's retention_days_max",
+            }
+        ),
+    ] = None
 
 
 @app.exception_handler(RequestValidationError)
