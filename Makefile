@@ -54,7 +54,7 @@ pytest: $(STAMP) services browser
 test: lint typecheck pytest
 
 bench: $(STAMP)
-	$(BIN)/python bench/bench_export.py
+	$(BIN)/python -m bench.bench_export
 
 # Re-pin every dependency (commit the result): the lock Airflow asks users to keep.
 lock:

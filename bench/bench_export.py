@@ -39,7 +39,7 @@ The machine may be shared: before each contender the benchmark waits (``--wait-q
 600 s) until no other Airflow process runs, and it flags, in the output and the JSON, every
 contender that another Airflow stack may have disturbed.
 
-    .venv/bin/python bench/bench_export.py [--rows N] [--batch-size N] [--port P] [--wait-quiet S]
+    .venv/bin/python -m bench.bench_export [--rows N] [--api-exports N] [--batch-size N] [--port P] [--wait-quiet S]
 """
 
 from __future__ import annotations
@@ -359,7 +359,64 @@ def free_port(preferred: int) -> int:
             return int(sock.getsockname()[1])
 
 
-def run_product(expected_rows: int, batch_size: int, port: int) -> Result:
+API_EXPORTS = 50
+API_POLLS = 200
+API_POLLERS = 20
+
+
+def run_api_load(stack: Any, store: Any, exports: int) -> dict[str, Any]:
+    """``exports`` small exports (one day of orders each) requested at once, then 200 status polls
+    from 20 threads while they run; every export must end SUCCEEDED with the rows the source holds
+    for its day. Returns the POST and status latencies (p50/p99/max, ms)."""
+    from datetime import timedelta
+
+    import httpx
+    import psycopg
+
+    from bench.api_load import latency_summary, run_concurrently
+    from export_tx.settings import BATCH_SIZE_MAX
+
+    with psycopg.connect(SOURCE_DSN) as conn:
+        first = conn.execute(f"SELECT min(created_at)::date FROM {SOURCE_TABLE}").fetchone()[0]
+    days = [first + timedelta(days=7 * i + 1) for i in range(exports)]
+    bodies = [{"definition": DEFINITION, "params": {"since": str(d), "until": str(d)}, "batch_size": BATCH_SIZE_MAX}
+              for d in days]  # fmt: skip
+    with stack.client("analyst") as analyst:
+        auth = {"Authorization": analyst.headers["Authorization"]}
+
+    def client() -> httpx.Client:
+        return httpx.Client(base_url=stack.base_url, headers=auth, timeout=120)
+
+    posted = run_concurrently(client, lambda c, body: c.post("/exports/v1/transactions", json=body), bodies, exports)
+    refused = [t.answer.text[:200] for t in posted if t.answer.status_code != 202]
+    if refused:
+        raise BenchError(f"{len(refused)} of {exports} concurrent requests were refused: {refused[0]}")
+    ids = [str(t.answer.json()["id"]) for t in posted]
+    polled = run_concurrently(
+        client, lambda c, i: c.get(f"/exports/v1/transactions/{ids[i % exports]}"), range(API_POLLS), API_POLLERS
+    )
+    bad = [t.answer.status_code for t in polled if t.answer.status_code != 200]
+    if bad:
+        raise BenchError(f"{len(bad)} of {API_POLLS} status polls failed: {bad[:5]}")
+    deadline = time.perf_counter() + PRODUCT_TIMEOUT_S
+    with psycopg.connect(SOURCE_DSN) as conn:
+        for tx_id, day in zip(ids, days, strict=True):
+            while not (header := store.get(tx_id)).terminal:
+                if time.perf_counter() > deadline:
+                    raise BenchError(f"{tx_id} did not finish")
+                time.sleep(0.5)
+            count = conn.execute(f"SELECT count(*) FROM {SOURCE_TABLE} WHERE created_at >= %s::date "
+                                 "AND created_at < %s::date + 1", (day, day)).fetchone()[0]  # fmt: skip
+            if header.state.value != "SUCCEEDED" or header.result_rows != count:
+                raise BenchError(f"{tx_id}: {header.state.value} with {header.result_rows} rows, the source {count}")
+    return {
+        "exports": exports,
+        "post": latency_summary(posted),
+        "status": {**latency_summary(polled), "threads": API_POLLERS},
+    }
+
+
+def run_product(expected_rows: int, batch_size: int, port: int, api_exports: int = API_EXPORTS) -> Result:
     import pyarrow.parquet as pq
     import sqlalchemy as sa
 
@@ -436,6 +493,10 @@ def run_product(expected_rows: int, batch_size: int, port: int) -> Result:
                 for e in events
             ],
         }
+        if api_exports:
+            step(f"API load: {api_exports} exports requested at once, {API_POLLS} status polls from "
+                 f"{API_POLLERS} threads")  # fmt: skip
+            details["api_load"] = run_api_load(stack, store, api_exports)
         succeeded = True
         return Result(
             contender="product",
@@ -602,6 +663,12 @@ def main(argv: list[str] | None = None) -> int:
         default=float(os.environ.get("BENCH_WAIT_QUIET") or 600),
         help="seconds to wait, before each contender, for other Airflow processes on this machine to end",
     )
+    parser.add_argument(
+        "--api-exports",
+        type=int,
+        default=int(os.environ.get("BENCH_API_EXPORTS") or API_EXPORTS),
+        help="small exports requested at once after the product's run, to time POST and status (0: skip)",
+    )
     parser.add_argument("--baseline", choices=BASELINES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.baseline:
@@ -630,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"    WARNING: {len(others)} other Airflow processes are running; figures will be disturbed")
             load = os.getloadavg()[0]
             if kind == "product":
-                result = run_product(count, batch_size, free_port(args.port))
+                result = run_product(count, batch_size, free_port(args.port), args.api_exports)
             else:
                 result = run_baseline(kind, count)
             if kind in BASELINES:
@@ -654,6 +721,15 @@ def main(argv: list[str] | None = None) -> int:
         f"processes (idle before the trigger: {product['idle_stack_rss_bytes'] / MB:,.1f} MB); "
         f"largest single task process: {product['largest_task_peak_rss_bytes'] / MB:,.1f} MB"
     )
+
+    load = product.get("api_load")
+    if load:
+        post, poll = load["post"], load["status"]
+        print(f"/exports API under load ({load['exports']} exports requested at once, all exact):")
+        for label, figures in (("POST /exports/v1/transactions", post), ("GET  /exports/v1/transactions/{id}", poll)):
+            print(f"  {label:<36} n={figures['n']:<4} p50 {figures['p50_ms']:8.1f} ms   "
+                  f"p99 {figures['p99_ms']:8.1f} ms   max {figures['max_ms']:8.1f} ms")  # fmt: skip
+        print(f"  (status polls from {poll['threads']} threads while the exports ran)")
 
     reference = next(r for r in results if r.contender == REFERENCE)
     if disturbed:
