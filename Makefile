@@ -48,8 +48,9 @@ browser:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  { echo "make test needs Chromium for the browser tests: sudo apt-get install chromium"; exit 1; }
 
+# Screenshots of the browser tests (each step of the analyst's path) are kept in test-artifacts/.
 pytest: $(STAMP) services browser
-	$(BIN)/pytest
+	EXPORT_TX_TEST_ARTIFACTS=$(CURDIR)/test-artifacts $(BIN)/pytest
 
 test: lint typecheck pytest
 

@@ -12,9 +12,9 @@ definition and its parameters; the run then
    types, into a Parquet part;
 4. **merge_parts** — merges the parts in order into one Parquet file (the plan's schema, also for zero
    rows), checks every row is there and publishes it atomically; the header becomes `SUCCEEDED`;
-5. **check_notification** → **request_notification** — with a `notify_email`, starts the delayed,
-   download-aware e-mail as a run of `export_notification` (its wait never holds this run open);
-6. **finalize_transaction** — runs after the others; skipped when the export succeeded, otherwise it ends
+5. **request_notification** — with a `notify_email`, starts the delayed, download-aware e-mail as a
+   run of `export_notification` (its wait never holds this run open); without one it does nothing;
+6. **finalize_transaction** — runs after the others; does nothing when the export succeeded, otherwise it ends
    the header `FAILED` with the message of the step that failed, removes its files and mails the failure.
 
 Only transient failures (connections, timeouts, locks, storage) are retried; a mistake in the request
@@ -27,10 +27,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import TriggerRule, dag, get_current_context, task
 
 from export_tx.dag_params import build_params
+from export_tx.notify import RequestNotification
 from export_tx.settings import DAG_ID, NOTIFICATION_DAG_ID, retry_delay_seconds, task_routing
 
 RETRY_DELAY = timedelta(seconds=retry_delay_seconds())
@@ -90,30 +90,17 @@ def merge_parts() -> dict[str, Any]:
         return pipeline.merge(store, run_id).as_xcom()
 
 
-@task.short_circuit(retries=2, ignore_downstream_trigger_rules=False)
-def check_notification() -> str | None:
-    """The run id of this export's notification, or None (skip) when nobody asked for an e-mail."""
-    from export_tx.settings import notification_run_id
-    from export_tx.states import State
-
-    run_id = get_current_context()["run_id"]
-    header = _store().get(run_id)
-    if header.state != State.SUCCEEDED or not header.notify_email:
-        return None
-    return notification_run_id(run_id)
-
-
 @task(retries=3, trigger_rule=TriggerRule.ALL_DONE)
 def finalize_transaction() -> None:
-    """After every other task: skip if the export succeeded, else end it FAILED (and fail the run)."""
-    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+    """After every other task: nothing to do if the export succeeded, else end it FAILED (and fail the run)."""
+    from airflow.sdk.exceptions import AirflowFailException
 
     from export_tx import pipeline
 
     context = get_current_context()
     outcome = pipeline.finalize(_store(), context["run_id"])
     if outcome.succeeded:
-        raise AirflowSkipException("the export succeeded")
+        return  # success, not a skip: a good export's graph is green all through
     raise AirflowFailException(outcome.message)
 
 
@@ -132,20 +119,19 @@ def export_transaction() -> None:
     batch_nos = plan_batches()
     parts = export_batch.expand(batch_no=batch_nos)
     merged = merge_parts()
-    wanted = check_notification()
-    # The e-mail waits in a run of its own: this run ends when the export ends.
-    request_notification = TriggerDagRunOperator(
+    # With a notify_email, the e-mail waits in a run of its own: this run ends when the export ends.
+    request_notification = RequestNotification(
         task_id="request_notification",
         trigger_dag_id=NOTIFICATION_DAG_ID,
-        trigger_run_id="{{ ti.xcom_pull(task_ids='check_notification') }}",
+        trigger_run_id="set when it runs",  # notify__<token>, see RequestNotification
         conf={"transaction": "{{ run_id }}", "resend": False},
         logical_date=None,
         skip_when_already_exists=True,  # a retry finds the run it started
         retries=2,
     )
-    begun >> batch_nos >> parts >> merged >> wanted >> request_notification
+    begun >> batch_nos >> parts >> merged >> request_notification
     # The only leaf: the run's state follows the export's, never the e-mail's.
-    [begun, batch_nos, parts, merged, wanted, request_notification] >> finalize_transaction()
+    [begun, batch_nos, parts, merged, request_notification] >> finalize_transaction()
 
 
 export_transaction()

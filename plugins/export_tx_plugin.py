@@ -13,12 +13,15 @@ class ExportTransactionsPlugin(AirflowPlugin):
     name = "export_transactions"
     fastapi_apps = [{"app": app, "url_prefix": "/exports", "name": "Export transactions API"}]
     external_views = [
+        # A first-class place in Airflow's main navigation (no category: not under Browse).
+        {"name": "Exports", "href": "/exports/ui", "destination": "nav", "url_route": "exports"},
+        # A tab on every run's page: the export of that run (the run id is the token), or a line
+        # saying the run is not an export the signed-in user may see.
         {
-            "name": "Exports",
-            "href": "/exports/ui",
-            "destination": "nav",
-            "url_route": "exports",
-            "category": "browse",
-        }
+            "name": "Export",
+            "href": "/exports/ui?run={RUN_ID}&dag={DAG_ID}",
+            "destination": "dag_run",
+            "url_route": "export-of-run",
+        },
     ]
     listeners = [listener]

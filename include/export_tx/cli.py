@@ -1,12 +1,7 @@
 """``export-tx`` — a command-line client for the ``/exports`` API.
 
-    export-tx request demo_orders --param status=shipped --wait
-    export-tx status TOKEN [--wait] · export-tx logs TOKEN · export-tx cancel TOKEN
-    export-tx download TOKEN [-o FILE] · export-tx list [--state RUNNING] · export-tx definitions
-    export-tx preview demo_orders --param status=shipped [--rows 10]   (nothing is written)
-
-Connection from the environment: ``EXPORT_TX_URL`` (default http://localhost:8080) and either
-``EXPORT_TX_TOKEN`` (an Airflow JWT) or ``EXPORT_TX_USER`` + ``EXPORT_TX_PASSWORD``.
+The help it prints is :data:`DESCRIPTION`, :data:`EPILOG` and the options' help: plain text, never
+this docstring (argparse would show its reStructuredText markup as it is).
 """
 
 from __future__ import annotations
@@ -18,13 +13,38 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import quote
 
 import httpx
 
+from export_tx import settings
+from export_tx.states import State
+
 API = "/exports/v1"
 ACTIVE = ("REQUESTED", "RUNNING", "MERGING")
+#: ``pipeline.PREVIEW_ROWS_MAX``, not imported: the pipeline loads the database drivers (~0.4 s per command).
+PREVIEW_ROWS_MAX = 100
+#: The exit status of a process that SIGPIPE ended (128 + 13), as ``yes | head`` leaves it.
+EXIT_BROKEN_PIPE = 141
+
+DESCRIPTION = "export-tx: request, follow, cancel and download export transactions through the /exports API."
+EPILOG = """\
+examples:
+  export-tx request demo_orders --param status=shipped --wait
+  export-tx status TOKEN [--wait]
+  export-tx logs TOKEN
+  export-tx cancel TOKEN [--yes]
+  export-tx download TOKEN [-o FILE]
+  export-tx list [--state RUNNING]
+  export-tx definitions
+  export-tx preview demo_orders --param status=shipped [--rows 10]   (nothing is written)
+
+environment:
+  EXPORT_TX_URL       the Airflow api-server (default http://localhost:8080)
+  EXPORT_TX_TOKEN     an Airflow JWT; without it, EXPORT_TX_USER (default admin)
+                      and EXPORT_TX_PASSWORD sign in
+"""
 
 
 class CliError(Exception):
@@ -61,10 +81,25 @@ def _check(answer: httpx.Response) -> Any:
             body = answer.json()
         except ValueError:
             raise CliError(f"{answer.status_code}: {answer.text[:300]}") from None
-        lines = [f"{answer.status_code}: {body.get('detail')}"]
-        lines += [f"  {e['field']}: {e['message']}" for e in body.get("errors", [])]
-        raise CliError("\n".join(lines))
+        raise CliError(error_text(answer.status_code, body))
     return answer.json() if answer.content else None
+
+
+def error_text(status_code: int, body: Any) -> str:
+    """An error answer, each thing said once: the API's ``detail`` often joins the field errors
+    it also lists (``invalid request: a: …; b: …``), so they are cut from it and shown one a line."""
+    if not isinstance(body, dict):
+        return f"{status_code}: {json.dumps(body)[:300]}"
+    detail = str(body.get("detail") or "").strip()
+    fields = [e for e in body.get("errors") or [] if isinstance(e, dict)]
+    lines = [f"{e.get('field')}: {e.get('message')}" for e in fields]
+    joined = "; ".join(lines)
+    if lines and joined in detail:
+        detail = detail.replace(joined, "").strip().rstrip(":;").strip()
+    # An error whose message is the detail itself (a refused Origin, say) adds nothing.
+    lines = [line for line, e in zip(lines, fields, strict=True) if not detail or str(e.get("message")) != detail]
+    head = f"{status_code}: {detail or 'refused'}"
+    return "\n".join([head, *(f"  {line}" for line in lines)])
 
 
 def _tx_path(tx_id: str) -> str:
@@ -87,13 +122,30 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
     return params
 
 
+#: SI units, as a disk's or a network's sizes are given: 1 kB = 1,000 bytes.
+SIZE_UNITS = ("kB", "MB", "GB", "TB", "PB")
+
+
 def _size(n: int) -> str:
+    """Bytes in SI units with one decimal: 3,506,533 → ``3.5 MB`` (never KiB/MiB under a kB/MB name)."""
+    if n < 1000:
+        return f"{n:,} B"
     value = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
-        value /= 1024
-    return f"{value:,.1f} GB"
+    for unit in SIZE_UNITS:
+        value /= 1000
+        text = f"{value:,.1f}"
+        # 999,960 bytes round to 1,000.0 kB: that is 1.0 MB.
+        if float(text.replace(",", "")) < 1000 or unit == SIZE_UNITS[-1]:
+            return f"{text} {unit}"
+    raise AssertionError("unreachable")
+
+
+def batches_text(progress: dict[str, Any], state: str) -> str:
+    """``batches 3/10``; before planning the total is unknown (None) and never shown as ``0/None``."""
+    total = progress.get("batches_total")
+    if total is not None:
+        return f"batches {progress['batches_done']:,}/{total:,}"
+    return "planning…" if state in ACTIVE else "batches -/-"
 
 
 def follow(
@@ -118,9 +170,8 @@ def follow(
                 continue
             tx = _check(answer)
             p = tx["progress"]
-            batches = f"batches {p['batches_done']}/{p['batches_total']}" if p["batches_total"] is not None else ""
             bar.update(task, completed=p["percent"], state=tx["state"],
-                       detail=f"{batches}  rows {p['rows_written']:,}")  # fmt: skip
+                       detail=f"{batches_text(p, tx['state'])}  rows {p['rows_written']:,}")  # fmt: skip
             if tx["state"] not in ACTIVE:
                 return dict(tx)
             if time.monotonic() > deadline:
@@ -128,13 +179,13 @@ def follow(
             time.sleep(interval)
 
 
-def print_status(tx: dict[str, Any], out: Any = sys.stdout) -> None:
+def print_status(tx: dict[str, Any], out: IO[str] | None = None) -> None:
+    out = out or sys.stdout  # looked up per call: tests and pipes replace it
     print(f"token      {tx['id']}", file=out)
     print(f"definition {tx['definition']}  params {json.dumps(tx['params'])}", file=out)
     print(f"state      {tx['state']}", file=out)
     p = tx["progress"]
-    print(f"progress   {p['percent']}%  batches {p['batches_done']}/{p['batches_total']}  "
-          f"rows {p['rows_written']:,}", file=out)  # fmt: skip
+    print(f"progress   {p['percent']}%  {batches_text(p, tx['state'])}  rows {p['rows_written']:,}", file=out)
     if tx.get("result"):
         r = tx["result"]
         print(f"result     {r['rows']:,} rows, {_size(r['bytes'])}, sha256 {r['sha256']}", file=out)
@@ -145,7 +196,8 @@ def print_status(tx: dict[str, Any], out: Any = sys.stdout) -> None:
     print(f"e-mail     {n['state']}" + (f" ({n['email']})" if n.get("email") else ""), file=out)
 
 
-def print_preview(answer: dict[str, Any], out: Any = sys.stdout) -> None:
+def print_preview(answer: dict[str, Any], out: IO[str] | None = None) -> None:
+    out = out or sys.stdout  # looked up per call: tests and pipes replace it
     plan = answer["plan"]
     print(f"definition {answer['definition']}  params {json.dumps(answer['params'])}", file=out)
     print(f"rows       {answer['rows']:,}", file=out)
@@ -180,54 +232,162 @@ def download(client: httpx.Client, tx_id: str, output: Path | None) -> Path:
     return target
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="export-tx", description=__doc__.split("\n")[0] if __doc__ else None)
-    sub = parser.add_subparsers(dest="command", required=True)
-    req = sub.add_parser("request", help="request an export")
-    req.add_argument("definition")
-    req.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
-    req.add_argument("--batch-size", type=int)
-    req.add_argument("--notify-email")
-    req.add_argument("--notify-delay", type=float, metavar="MINUTES")
-    req.add_argument("--idempotency-key")
-    req.add_argument("--wait", action="store_true", help="follow progress until it ends")
-    st = sub.add_parser("status", help="show a transaction")
-    st.add_argument("token")
-    st.add_argument("--wait", action="store_true")
-    ls = sub.add_parser("list", help="list transactions")
-    ls.add_argument("--state")
-    ls.add_argument("--definition")
-    lg = sub.add_parser("logs", help="the processing log")
-    lg.add_argument("token")
-    cn = sub.add_parser("cancel", help="cancel a requested or running transaction")
-    cn.add_argument("token")
-    dl = sub.add_parser("download", help="download the file")
-    dl.add_argument("token")
-    dl.add_argument("-o", "--output", type=Path)
-    sub.add_parser("definitions", help="list export definitions")
-    pv = sub.add_parser("preview", help="row count, batch plan, column types and first rows, writing nothing")
-    pv.add_argument("definition")
-    pv.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
-    pv.add_argument("--batch-size", type=int)
-    pv.add_argument("--rows", type=int, default=5, help="first rows to show (0 to 100)")
-    args = parser.parse_args(argv)
+def build_parser() -> argparse.ArgumentParser:
+    """Every option says what it does, its unit and its range; the help is plain text."""
+    parser = argparse.ArgumentParser(
+        prog="export-tx", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="what to do; 'export-tx COMMAND --help' tells more"
+    )
 
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, description=summary + ".")
+
+    batch_range = f"{settings.BATCH_SIZE_MIN:,} to {settings.BATCH_SIZE_MAX:,}, default {settings.BATCH_SIZE_DEFAULT:,}"
+    param_help = (
+        "a parameter of the definition, as NAME=VALUE; repeat it for each parameter. A number, true, false or "
+        "null is sent as such, anything else as text; 'export-tx definitions' lists each definition's parameters"
+    )
+
+    req = command("request", "request an export; prints its token at once")
+    req.add_argument("definition", help="the export definition ('export-tx definitions' lists them)")
+    req.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help=param_help)
+    req.add_argument(
+        "--batch-size", type=int, metavar="ROWS",
+        help=f"rows per batch, {batch_range}. Each batch is one Airflow task: small batches cost a task each, "
+        "few large batches are faster",
+    )  # fmt: skip
+    req.add_argument(
+        "--notify-email", metavar="ADDRESSES",
+        help="e-mail these addresses (at most 10, comma-separated) when the export is ready or has failed",
+    )  # fmt: skip
+    req.add_argument(
+        "--notify-delay", type=float, metavar="MINUTES",
+        help=f"minutes to wait after the file is ready before e-mailing, 0 to {settings.NOTIFY_DELAY_MAX:,} "
+        f"(7 days), fractions allowed, default {settings.NOTIFY_DELAY_DEFAULT}; a download before then skips the "
+        "e-mail",
+    )  # fmt: skip
+    req.add_argument(
+        "--retention-days", type=int, metavar="DAYS",
+        help="days the file is kept once the export has succeeded, 1 to the definition's retention_days_max; "
+        "default: the definition's retention_days ('export-tx definitions' shows both)",
+    )  # fmt: skip
+    req.add_argument(
+        "--idempotency-key", metavar="KEY",
+        help="at most 200 characters; requesting again with the same key and options answers the same export "
+        "instead of starting another (other options under that key are refused)",
+    )  # fmt: skip
+    req.add_argument(
+        "--wait", action="store_true", help="follow the progress until the export ends; exit 0 only if it succeeded"
+    )
+
+    st = command("status", "show a transaction's state, progress and result")
+    st.add_argument("token", help="the transaction's token, as 'export-tx request' printed it")
+    st.add_argument(
+        "--wait", action="store_true", help="follow the progress until the export ends; exit 0 only if it succeeded"
+    )
+
+    ls = command("list", "list transactions, newest first (at most 100)")
+    ls.add_argument("--state", choices=[s.value for s in State], help="only transactions in this state")
+    ls.add_argument("--definition", help="only transactions of this definition")
+
+    lg = command("logs", "print a transaction's processing log, oldest event first")
+    lg.add_argument("token", help="the transaction's token")
+
+    cn = command("cancel", "cancel a requested or running transaction (asks first)")
+    cn.add_argument("token", help="the transaction's token")
+    cn.add_argument(
+        "-y", "--yes", action="store_true",
+        help="cancel without asking; needed when the standard input is not a terminal",
+    )  # fmt: skip
+
+    dl = command("download", "download a succeeded transaction's Parquet file, checking its sha256")
+    dl.add_argument("token", help="the transaction's token")
+    dl.add_argument(
+        "-o", "--output", type=Path, metavar="FILE",
+        help="the file to write; default: DEFINITION-TOKEN.parquet in the current directory",
+    )  # fmt: skip
+
+    command("definitions", "list the export definitions, their parameters and retention")
+
+    pv = command("preview", "row count, batch plan, column types and first rows, writing nothing")
+    pv.add_argument("definition", help="the export definition ('export-tx definitions' lists them)")
+    pv.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help=param_help)
+    pv.add_argument("--batch-size", type=int, metavar="ROWS", help=f"rows per batch for the plan, {batch_range}")
+    pv.add_argument(
+        "--rows", type=int, default=5, metavar="N", help=f"first rows to show, 0 to {PREVIEW_ROWS_MAX}, default 5"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here, not as a traceback at the interpreter's exit
+    except BrokenPipeError:
+        # The reader went away (export-tx logs TOKEN | head): end quietly, as Python's documentation
+        # (signal, "Note on SIGPIPE") says — stdout to devnull, so the final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "cancel" and not args.yes and not sys.stdin.isatty():
+        # Nobody can answer the question: a script must say it means it.
+        return _fail("cancel asks for confirmation and the standard input is not a terminal; pass --yes")
     try:
         with connect() as client:
             return _run(client, args)
     except CliError as exc:
-        print(f"export-tx: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
     except httpx.HTTPError as exc:
-        print(f"export-tx: cannot reach the API: {exc}", file=sys.stderr)
-        return 2
+        return _fail(f"cannot reach the API: {exc}")
+
+
+def _fail(message: str) -> int:
+    """Every error: once, on stderr, exit code 2."""
+    print(f"export-tx: {message}", file=sys.stderr)
+    return 2
+
+
+def confirm(question: str, stdin: IO[str] | None = None, out: IO[str] | None = None) -> bool:
+    """Ask on stderr (stdout stays the command's output); only y or yes is a yes."""
+    stdin, out = stdin or sys.stdin, out or sys.stderr
+    print(f"{question} [y/N] ", end="", file=out, flush=True)
+    try:
+        answer = stdin.readline()
+    except KeyboardInterrupt:
+        answer = ""
+    if not answer.endswith("\n"):
+        print(file=out)  # end the prompt's line after Ctrl-D / Ctrl-C
+    return answer.strip().lower() in ("y", "yes")
+
+
+def cancel_question(tx: dict[str, Any]) -> str:
+    p = tx["progress"]
+    if p.get("batches_total") is None:
+        done = "not planned yet"
+    else:
+        done = f"{p['batches_done']:,} of {p['batches_total']:,} batches done"
+    return f"Cancel export {tx['id']} ({tx['definition']}, {done})?"
+
+
+def _retention(limits: dict[str, Any]) -> str:
+    if not limits.get("retention_days_default"):
+        return ""
+    return f"; kept {limits['retention_days_default']} days, up to {limits.get('retention_days_max')}"
 
 
 def _run(client: httpx.Client, args: argparse.Namespace) -> int:
     if args.command == "definitions":
         for d in _check(client.get(f"{API}/definitions"))["definitions"]:
             params = ", ".join(d["params_schema"]["properties"])
-            print(f"{d['name']:<16} {d['description']}  [params: {params or '-'}]")
+            print(f"{d['name']:<16} {d['description']}  [params: {params or '-'}{_retention(d.get('limits') or {})}]")
         return 0
     if args.command == "preview":
         query: dict[str, Any] = {"rows": args.rows}
@@ -240,7 +400,8 @@ def _run(client: httpx.Client, args: argparse.Namespace) -> int:
     if args.command == "request":
         body: dict[str, Any] = {"definition": args.definition, "params": parse_params(args.param)}
         for key, value in (("batch_size", args.batch_size), ("notify_email", args.notify_email),
-                           ("notify_delay_minutes", args.notify_delay)):  # fmt: skip
+                           ("notify_delay_minutes", args.notify_delay),
+                           ("retention_days", args.retention_days)):  # fmt: skip
             if value is not None:
                 body[key] = value
         headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
@@ -273,6 +434,12 @@ def _run(client: httpx.Client, args: argparse.Namespace) -> int:
                 return 0
             after = page["next_after"]
     if args.command == "cancel":
+        if not args.yes:
+            current = _check(client.get(_tx_path(args.token)))
+            # An ended one cannot be cancelled: no question, the API's refusal (409) says why.
+            if current["state"] in ACTIVE and not confirm(cancel_question(current)):
+                print("export-tx: not cancelled", file=sys.stderr)
+                return 1
         tx = _check(client.post(_tx_path(args.token) + "/cancel"))
         print(f"{tx['id']} {tx['state']}")
         return 0

@@ -6,6 +6,7 @@ from typing import Any
 
 from export_tx import registry, settings
 from export_tx.definition import RETENTION_DAYS_LIMIT
+from export_tx.request import LABEL_MAX_CHARS
 
 
 def build_params() -> dict[str, Any]:
@@ -36,7 +37,8 @@ def build_params() -> dict[str, Any]:
             minimum=settings.BATCH_SIZE_MIN,
             maximum=settings.BATCH_SIZE_MAX,
             title="Rows per batch",
-            description="Rows per parallel batch task (grown automatically if the plan would have too many).",
+            description="1,000 to 5,000,000 rows per batch. Each batch is one task with a few seconds of start-up: "
+            "few large batches are fastest. Beyond 200 batches they are made larger, and the log says so.",
         ),
         "notify_email": Param(
             None,
@@ -48,7 +50,8 @@ def build_params() -> dict[str, Any]:
         ),
         "notify_delay_minutes": Param(
             settings.NOTIFY_DELAY_DEFAULT,
-            type="number",
+            # Not required: without an e-mail address there is no delay to give.
+            type=["null", "number"],
             minimum=0,
             maximum=settings.NOTIFY_DELAY_MAX,
             title="E-mail delay (minutes)",
@@ -62,5 +65,12 @@ def build_params() -> dict[str, Any]:
             title="Keep the file (days)",
             description="Days the result is kept before it expires; empty: the definition's default. "
             "At most the definition's maximum (GET /exports/v1/definitions lists both).",
+        ),
+        "label": Param(
+            None,
+            type=["null", "string"],
+            maxLength=LABEL_MAX_CHARS,
+            title="Label",
+            description="Optional: your own name for this export, shown beside its token.",
         ),
     }

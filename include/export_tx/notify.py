@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.providers.smtp.operators.smtp import EmailOperator
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import BaseSensorOperator
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
@@ -285,3 +286,21 @@ class NotifyRequesterOperator(EmailOperator):
             raise
         again = " again, as asked" if _truthy(self.resend) else ""
         record(store, header.id, SENT, f"e-mail sent{again} to {header.notify_email}", notification_sent_at=utcnow())
+
+
+class RequestNotification(TriggerDagRunOperator):
+    """Starts the export's e-mail as a run of ``export_notification`` (run id ``notify__<token>``)
+    when the request asked for one and the export succeeded; otherwise it succeeds doing nothing,
+    so a good export's graph has no skipped (pink) task in it."""
+
+    def execute(self, context: Any) -> Any:
+        from export_tx.settings import notification_run_id
+        from export_tx.states import State
+
+        run_id = context["run_id"]
+        header = HeaderStore.from_settings().get(run_id)
+        if header.state != State.SUCCEEDED or not header.notify_email:
+            self.log.info("no e-mail was asked for: nothing to start")
+            return None
+        self.trigger_run_id = notification_run_id(run_id)
+        return super().execute(context)

@@ -14,7 +14,11 @@ EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 #: Recipients of one notification, and the longest address (RFC 5321's path limit less <>).
 MAX_RECIPIENTS = 10
 MAX_ADDRESS_CHARS = 254
-KNOWN_FIELDS = ("definition", "params", "batch_size", "notify_email", "notify_delay_minutes", "retention_days")
+KNOWN_FIELDS = (
+    "definition", "params", "batch_size", "notify_email", "notify_delay_minutes", "retention_days", "label",
+)  # fmt: skip
+#: A requester's own name for an export: one line of text.
+LABEL_MAX_CHARS = 100
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,7 @@ class ExportRequest:
     notify_delay_minutes: float = settings.NOTIFY_DELAY_DEFAULT
     #: Days the result is kept; None: the definition's own retention.
     retention_days: int | None = None
+    label: str | None = None
 
     def as_conf(self) -> dict[str, Any]:
         return asdict(self)
@@ -36,10 +41,10 @@ def _int_field(conf: dict[str, Any], name: str, default: int, low: int, high: in
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int):
-        errors.append(FieldError(name, f"must be an integer between {low:_} and {high:_}"))
+        errors.append(FieldError(name, f"must be an integer between {low:,} and {high:,}"))
         return default
     if not low <= value <= high:
-        errors.append(FieldError(name, f"{value:_} is out of range; allowed: {low:_} to {high:_}"))
+        errors.append(FieldError(name, f"{value:,} is out of range; allowed: {low:,} to {high:,}"))
     return value
 
 
@@ -81,6 +86,16 @@ def _email_field(value: Any, errors: list[FieldError]) -> str | None:
     return ", ".join(addresses)
 
 
+def _label_field(value: Any, errors: list[FieldError]) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    rule = f"one line of at most {LABEL_MAX_CHARS} characters"
+    if not isinstance(value, str) or len(value) > LABEL_MAX_CHARS or not value.isprintable():
+        errors.append(FieldError("label", f"must be {rule}"))
+        return None
+    return value.strip()
+
+
 def parse_request(conf: dict[str, Any] | None) -> ExportRequest:
     """Validate a run conf; raise :class:`RequestInvalid` naming every bad field."""
     conf = dict(conf or {})
@@ -103,6 +118,7 @@ def parse_request(conf: dict[str, Any] | None) -> ExportRequest:
     delay = _number_field(conf, "notify_delay_minutes", settings.NOTIFY_DELAY_DEFAULT, 0, settings.NOTIFY_DELAY_MAX,
                           errors)  # fmt: skip
     email = _email_field(conf.get("notify_email"), errors)
+    label = _label_field(conf.get("label"), errors)
     retention = conf.get("retention_days")
     if retention is not None:
         longest = definition.longest_retention() if definition is not None else RETENTION_DAYS_LIMIT
@@ -124,4 +140,5 @@ def parse_request(conf: dict[str, Any] | None) -> ExportRequest:
         notify_email=email,
         notify_delay_minutes=delay,
         retention_days=retention,
+        label=label,
     )

@@ -38,6 +38,8 @@ headers = sa.Table(
     sa.Column("batch_size", sa.Integer, nullable=False),
     sa.Column("state", sa.String(20), nullable=False),
     sa.Column("requested_by", sa.String(250), nullable=False),
+    # The requester's own name for the export, shown beside the token (optional).
+    sa.Column("label", sa.String(100)),
     sa.Column("idempotency_key", sa.String(250)),
     sa.Column("request_hash", sa.String(64)),
     sa.Column("notify_email", sa.Text),  # up to 10 addresses of 254 characters
@@ -153,6 +155,7 @@ class Header:
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    label: str | None = None
 
     @classmethod
     def from_row(cls, row: sa.RowMapping) -> Header:
@@ -337,6 +340,7 @@ class HeaderStore:
         notify_email: str | None = None,
         notify_delay_minutes: float = settings.NOTIFY_DELAY_DEFAULT,
         retention_days: int | None = None,
+        label: str | None = None,
         idempotency_key: str | None = None,
         request_hash: str | None = None,
     ) -> tuple[Header, bool]:
@@ -360,6 +364,7 @@ class HeaderStore:
                     notify_email=notify_email,
                     notify_delay_minutes=notify_delay_minutes,
                     retention_days=retention_days,
+                    label=label,
                     notification_state="pending" if notify_email else "not_requested",
                     created_at=now,
                     updated_at=now,
@@ -400,11 +405,28 @@ class HeaderStore:
         requested_by: str | None = None,
         state: State | None = None,
         definition: str | None = None,
+        search: str | None = None,
+        created_from: datetime | None = None,
+        created_before: datetime | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> tuple[list[Header], int]:
-        """Headers newest first, filtered (``requested_by=None``: everyone's); and the total."""
-        conditions = []
+        """Headers newest first, filtered (``requested_by=None``: everyone's); and the total.
+        ``search`` finds a part of the token or the label, case-insensitively (a bound LIKE
+        pattern with its wildcards escaped)."""
+        conditions: list[Any] = []
+        if search:
+            pattern = "%" + search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            conditions.append(
+                sa.or_(
+                    sa.func.lower(headers.c.id).like(pattern, escape="\\"),
+                    sa.func.lower(headers.c.label).like(pattern, escape="\\"),
+                )
+            )
+        if created_from is not None:
+            conditions.append(headers.c.created_at >= created_from)
+        if created_before is not None:
+            conditions.append(headers.c.created_at < created_before)
         if requested_by is not None:
             conditions.append(headers.c.requested_by == requested_by)
         if state is not None:

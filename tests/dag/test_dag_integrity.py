@@ -45,6 +45,7 @@ def test_params_are_the_run_conf_contract() -> None:
         "notify_email",
         "notify_delay_minutes",
         "retention_days",
+        "label",
     }
     for name in params.keys():
         param = params.get_param(name)
@@ -62,7 +63,6 @@ def test_tasks_retry_and_are_verbs() -> None:
         "plan_batches",
         "export_batch",
         "merge_parts",
-        "check_notification",
         "request_notification",
         "finalize_transaction",
     }

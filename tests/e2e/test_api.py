@@ -96,7 +96,7 @@ def test_definitions(clients: dict[str, httpx.Client]) -> None:
         ({"definition": "nope"}, "definition", "not a registered definition; allowed: demo_by_country, demo_orders"),
         ({"definition": "demo_orders", "params": {"stauts": "paid"}}, "params.stauts", "allowed: since, status"),
         ({"definition": "demo_orders", "params": {"status": "lost"}}, "params.status", "allowed: pending"),
-        ({"definition": "demo_orders", "batch_size": 5}, "batch_size", "allowed: 1_000 to 5_000_000"),
+        ({"definition": "demo_orders", "batch_size": 5}, "batch_size", "allowed: 1,000 to 5,000,000"),
         ({"definition": "demo_orders", "notify_email": "nobody"}, "notify_email", "not an email"),
         ({"definition": "demo_orders", "colour": "red"}, "colour", "unknown field"),
     ],

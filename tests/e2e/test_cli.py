@@ -21,17 +21,19 @@ def _cli(stack: AirflowStack, *args: str, user: str = "analyst") -> subprocess.C
     env = {**os.environ, "EXPORT_TX_URL": stack.base_url, "EXPORT_TX_USER": user,
            "EXPORT_TX_PASSWORD": stack.passwords()[user]}  # fmt: skip
     env.pop("EXPORT_TX_TOKEN", None)
-    return subprocess.run([CLI, *args], env=env, capture_output=True, text=True, timeout=300)
+    # No terminal on stdin, as in a script: nothing may wait for an answer.
+    return subprocess.run([CLI, *args], env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
 
 
 def test_request_wait_status_logs_download(stack: AirflowStack, tmp_path: Path, demo_db: Path) -> None:
     done = _cli(stack, "request", "demo_orders", "--param", "status=shipped", "--param", "since=2025-06-01",
-                "--batch-size", "1000", "--wait")  # fmt: skip
+                "--batch-size", "1000", "--retention-days", "2", "--wait")  # fmt: skip
     assert done.returncode == 0, done.stderr
     tx_id = done.stdout.splitlines()[0]
     assert "SUCCEEDED" in done.stdout and "100%" in done.stdout  # the progress bar's last frame
     header = store().get(tx_id)
     assert f"result     {header.result_rows:,} rows" in done.stdout
+    assert header.retention_days == 2
 
     status = _cli(stack, "status", tx_id)
     assert status.returncode == 0 and f"sha256 {header.result_sha256}" in status.stdout
@@ -55,6 +57,7 @@ def test_errors_are_clear_and_exit_non_zero(stack: AirflowStack) -> None:
     bad = _cli(stack, "request", "demo_orders", "--param", "status=lost")
     assert bad.returncode == 2
     assert "422" in bad.stderr and "params.status: 'lost' is not allowed" in bad.stderr
+    assert bad.stderr.count("'lost' is not allowed") == 1  # said once, not in the detail and again below
     refused = _cli(stack, "request", "demo_orders", user="viewer")
     assert refused.returncode == 2 and "403" in refused.stderr
     missing = _cli(stack, "status", "exp_nope")
@@ -64,7 +67,9 @@ def test_errors_are_clear_and_exit_non_zero(stack: AirflowStack) -> None:
 def test_cancel(stack: AirflowStack) -> None:
     started = _cli(stack, "request", "demo_orders", "--batch-size", "1000")
     tx_id = started.stdout.strip()
-    cancelled = _cli(stack, "cancel", tx_id)
+    unasked = _cli(stack, "cancel", tx_id)  # no terminal to ask on, no --yes: refused before any call
+    assert unasked.returncode == 2 and "pass --yes" in unasked.stderr
+    cancelled = _cli(stack, "cancel", tx_id, "--yes")
     assert cancelled.returncode == 0, cancelled.stderr
     assert cancelled.stdout.strip() == f"{tx_id} CANCELLED"
     assert store().get(tx_id).cancelled_by == "analyst"

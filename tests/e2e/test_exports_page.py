@@ -137,7 +137,7 @@ def test_an_analyst_requests_an_export_from_the_form(
     page.fill("#f-batch_size", "10")
     page.click("#f-submit")
     error = page.locator('.field-error[data-field="batch_size"]')
-    error.filter(has_text="allowed: 1_000 to 5_000_000").wait_for(timeout=10_000)
+    error.filter(has_text="allowed: 1,000 to 5,000,000").wait_for(timeout=10_000)
     assert bobs() == before
     # Typed at a person's speed, the value sent is the value typed.
     page.fill("#f-batch_size", "")

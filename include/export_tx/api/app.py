@@ -12,7 +12,7 @@ import hashlib
 import html
 import json
 import secrets
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,7 +32,7 @@ from export_tx.control import record_download
 from export_tx.definition import RETENTION_DAYS_LIMIT
 from export_tx.errors import FieldError, RequestInvalid, shown
 from export_tx.pipeline import PREVIEW_ROWS_MAX
-from export_tx.request import MAX_ADDRESS_CHARS, MAX_RECIPIENTS, parse_request
+from export_tx.request import LABEL_MAX_CHARS, MAX_ADDRESS_CHARS, MAX_RECIPIENTS, parse_request
 from export_tx.settings import BATCH_SIZE_DEFAULT, BATCH_SIZE_MAX, BATCH_SIZE_MIN
 from export_tx.states import State
 from export_tx.store import Header as TxHeader
@@ -275,6 +275,16 @@ class TransactionRequest(BaseModel):
             }
         ),
     ] = None
+    label: Annotated[
+        Any,
+        _documented(
+            {
+                "type": ["string", "null"],
+                "maxLength": LABEL_MAX_CHARS,
+                "description": "your own name for the export, shown beside its token (one line)",
+            }
+        ),
+    ] = None
 
 
 @app.exception_handler(RequestValidationError)
@@ -480,13 +490,28 @@ def list_transactions(
     store: StoreDep,
     state: State | None = None,
     definition: Annotated[str | None, Query(max_length=100)] = None,
+    q: Annotated[str | None, Query(max_length=100, description="a part of the token or the label")] = None,
+    created_from: Annotated[date | None, Query(description="created on or after this day (UTC)")] = None,
+    created_to: Annotated[date | None, Query(description="created on or before this day (UTC)")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> TransactionList:
-    """The caller's transactions, newest first (admins: everyone's)."""
+    """The caller's transactions, newest first (admins: everyone's), filtered by state,
+    definition, a part of the token or label, and the day they were created."""
     requester = None if airflow_side.is_admin(user) else user.get_name()
+
+    def day_start(day: date | None, plus: int = 0) -> datetime | None:
+        return None if day is None else datetime.combine(day + timedelta(days=plus), time.min, tzinfo=UTC)
+
     found, total = store.list_headers(
-        requested_by=requester, state=state, definition=definition, limit=limit, offset=offset
+        requested_by=requester,
+        state=state,
+        definition=definition,
+        search=q.strip() if q else None,
+        created_from=day_start(created_from),
+        created_before=day_start(created_to, plus=1),
+        limit=limit,
+        offset=offset,
     )
     admin = airflow_side.is_admin(user)
     return TransactionList(transactions=[views.transaction(h, admin=admin) for h in found], total_entries=total)

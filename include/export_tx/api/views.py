@@ -47,9 +47,14 @@ class Links(BaseModel):
 
 class Transaction(BaseModel):
     id: str
+    label: str | None = Field(default=None, description="the requester's own name for the export, if given")
     definition: str
     params: dict[str, Any]
     batch_size: int
+    format: str = Field("parquet", description="the file's format")
+    retention_days: int | None = Field(
+        None, description="days the file is kept, if the request chose; else the definition's default"
+    )
     state: str
     requested_by: str
     created_at: datetime
@@ -129,9 +134,12 @@ def transaction(header: Header, *, admin: bool = False) -> Transaction:
         )
     return Transaction(
         id=header.id,
+        label=header.label,
         definition=header.definition,
         params=header.params,
         batch_size=header.batch_size,
+        format="parquet",  # the one format today
+        retention_days=header.retention_days,
         state=header.state.value,
         requested_by=header.requested_by,
         created_at=header.created_at,
