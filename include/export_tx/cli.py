@@ -388,6 +388,8 @@ def _run(client: httpx.Client, args: argparse.Namespace) -> int:
         for d in _check(client.get(f"{API}/definitions"))["definitions"]:
             params = ", ".join(d["params_schema"]["properties"])
             print(f"{d['name']:<16} {d['description']}  [params: {params or '-'}{_retention(d.get('limits') or {})}]")
+            if d.get("available") is False:
+                print(f"{'':<16} unavailable here: {d.get('unavailable')}")
         return 0
     if args.command == "preview":
         query: dict[str, Any] = {"rows": args.rows}

@@ -524,6 +524,123 @@ def _step(name: str) -> None:
     print(f"==> {name}", flush=True)
 
 
+#: The demo's local mail catcher: every e-mail the product sends lands as a file in .airflow/mail/.
+DEMO_SMTP_PORT = int(os.environ.get("EXPORT_TX_DEMO_SMTP_PORT", "8025"))
+#: Where the demo looks for a PostgreSQL server for the ``orders`` definition (trust auth).
+DEMO_PG = os.environ.get("EXPORT_TX_DEMO_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+DEMO_PG_DATABASE = "export_tx_demo"
+DEMO_ORDERS_ROWS = 100_000
+
+
+def demo_mailbox(stack: AirflowStack) -> Path:
+    return stack.home / "mail"
+
+
+def run_mail_catcher(folder: Path, port: int) -> int:
+    """A local SMTP server that keeps every message as ``<folder>/<time>-<n>.eml`` and one line per
+    message in ``<folder>/index.txt`` (time, recipients, subject). Runs until SIGTERM."""
+    import email
+    import threading
+    from email import policy
+
+    from aiosmtpd.controller import Controller
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = threading.Lock()
+
+    class Keep:
+        count = 0
+
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            raw = envelope.content if isinstance(envelope.content, bytes) else envelope.content.encode()
+            subject = str(email.message_from_bytes(raw, policy=policy.default).get("Subject", ""))
+            with lock:
+                Keep.count += 1
+                stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+                path = folder / f"{stamp}-{Keep.count:03d}.eml"
+                path.write_bytes(raw)
+                with (folder / "index.txt").open("a") as index:
+                    index.write(f"{stamp}  {', '.join(envelope.rcpt_tos)}  {subject}  {path.name}\n")
+            return "250 kept"
+
+    controller = Controller(Keep(), hostname="127.0.0.1", port=port)
+    controller.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    finally:
+        controller.stop()
+    return 0
+
+
+def _start_mail_catcher(stack: AirflowStack) -> None:
+    pids = stack.running_pids()
+    if "mail-catcher" in pids:
+        return
+    log = stack.home / "logs" / "mail-catcher.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "export_tx.devstack", "mail-catcher", str(demo_mailbox(stack)), str(DEMO_SMTP_PORT)],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            env={**os.environ, "EXPORT_TX_STACK_HOME": str(stack.home)},
+        )  # fmt: skip
+    stack._write_state(pids={**stack._pids(), "mail-catcher": proc.pid})
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            import socket
+
+            socket.create_connection(("127.0.0.1", DEMO_SMTP_PORT), 1).close()
+            return
+        except OSError:
+            if proc.poll() is not None:
+                raise StackError(f"the mail catcher could not start on port {DEMO_SMTP_PORT}; see {log}") from None
+            time.sleep(0.2)
+    raise StackError(f"the mail catcher did not answer on port {DEMO_SMTP_PORT}; see {log}")
+
+
+def _demo_orders_source() -> tuple[str | None, str]:
+    """The ``orders`` table for the demo in the local PostgreSQL, if one answers: (DSN, what was
+    done), or (None, why not) — the definition is then listed as unavailable, with the reason."""
+    try:
+        import psycopg
+
+        with psycopg.connect(DEMO_PG, autocommit=True, connect_timeout=3) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DEMO_PG_DATABASE,)).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{DEMO_PG_DATABASE}"')
+    except Exception as exc:  # no server here: the demo goes on without orders
+        return None, f"no PostgreSQL at {DEMO_PG.rsplit('@', 1)[-1]} ({type(exc).__name__})"
+    dsn = DEMO_PG.rsplit("/", 1)[0] + f"/{DEMO_PG_DATABASE}"
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        have = conn.execute("SELECT to_regclass('public.orders') IS NOT NULL").fetchone()
+        counted = conn.execute("SELECT count(*) FROM orders").fetchone() if have and have[0] else None
+        rows = int(counted[0]) if counted else 0
+    if rows != DEMO_ORDERS_ROWS:
+        from export_tx.demo import generate_orders_pg
+
+        generate_orders_pg(dsn, DEMO_ORDERS_ROWS, "orders")
+        return dsn, f"generated {DEMO_ORDERS_ROWS:,} orders in {DEMO_PG_DATABASE} on {dsn.rsplit('@', 1)[-1]}"
+    return dsn, f"reusing {rows:,} orders in {DEMO_PG_DATABASE} on {dsn.rsplit('@', 1)[-1]}"
+
+
+def _demo_env(stack: AirflowStack, orders_dsn: str | None) -> dict[str, str]:
+    env = {
+        "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps({
+            "conn_type": "smtp", "host": "127.0.0.1", "port": DEMO_SMTP_PORT,
+            "extra": {"disable_ssl": True, "disable_tls": True, "timeout": 5},
+        }),
+        "EXPORT_TX_MAIL_FROM": "exports@demo.local",
+    }  # fmt: skip
+    if orders_dsn:
+        env["AIRFLOW_CONN_EXPORT_SOURCE_PG"] = orders_dsn
+    return env
+
+
 def run_demo(rows: int) -> int:
     """Set up (or reuse) the embedded stack, export the whole demo table, print the result."""
     from export_tx.demo import generate_demo_sqlite
@@ -540,11 +657,19 @@ def run_demo(rows: int) -> int:
         t0 = time.monotonic()
         generate_demo_sqlite(cfg.demo_db_path, rows)
         print(f"    ready in {time.monotonic() - t0:.1f} s")
+        step = "looking for a PostgreSQL server for the orders definition"
+        _step(step)
+        orders_dsn, what = _demo_orders_source()
+        print(f"    {what}")
+        stack.extra_env = {**stack.extra_env, **_demo_env(stack, orders_dsn)}
         step = "preparing the Airflow metadata database"
         _step(f"{step} in {stack.home}")
         stack.migrate()
+        step = "starting the mail catcher"
+        _step(f"{step} (SMTP on 127.0.0.1:{DEMO_SMTP_PORT}; e-mails land in {demo_mailbox(stack)})")
+        _start_mail_catcher(stack)
         step = "starting the Airflow stack"
-        running = stack.running_pids()
+        running = [name for name in stack.running_pids() if name in COMPONENTS]
         what = "reusing " + ", ".join(running) if running else ", ".join(COMPONENTS)
         _step(f"{step} ({what})")
         stack.start()
@@ -552,7 +677,9 @@ def run_demo(rows: int) -> int:
         step = "requesting the export as the analyst (POST /exports/v1/transactions)"
         _step(step)
         with stack.client(DEMO_REQUESTER) as client:
-            answer = client.post("/exports/v1/transactions", json={"definition": "demo_orders", "params": {}})
+            request = {"definition": "demo_orders", "params": {}, "label": "The demo: every order",
+                       "notify_email": DEMO_MAIL_TO, "notify_delay_minutes": 0}  # fmt: skip
+            answer = client.post("/exports/v1/transactions", json=request)
             if answer.status_code != 202:
                 raise StackError(f"the request was refused: {answer.status_code} {answer.text[:300]}")
             run_id = answer.json()["id"]
@@ -564,7 +691,8 @@ def run_demo(rows: int) -> int:
 
             follow(client, run_id, start_timeout=300)
             header = HeaderStore.from_settings().get(run_id)
-        _summary(stack, header)
+        mail = _wait_for_mail(stack, run_id) if header.state.value == "SUCCEEDED" else None
+        _summary(stack, header, mail)
         return 0 if header.state.value == "SUCCEEDED" else 1
     except Exception as exc:  # the demo explains which step failed and why
         print(f"\nmake demo failed while {step}: {exc}", file=sys.stderr)
@@ -572,7 +700,23 @@ def run_demo(rows: int) -> int:
         return 1
 
 
-def _summary(stack: AirflowStack, header: Any) -> None:
+DEMO_MAIL_TO = "analyst@example.com"
+
+
+def _wait_for_mail(stack: AirflowStack, tx_id: str, timeout: float = 90) -> Path | None:
+    """The e-mail the demo's export sent (no delay asked), once the mail catcher has it."""
+    index = demo_mailbox(stack) / "index.txt"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if index.exists():
+            for line in reversed(index.read_text().splitlines()):
+                if tx_id in line or "The demo" in line or DEMO_MAIL_TO in line:
+                    return demo_mailbox(stack) / line.rsplit("  ", 1)[-1]
+        time.sleep(1)
+    return None
+
+
+def _summary(stack: AirflowStack, header: Any, mail: Path | None = None) -> None:
     print()
     print(f"token      {header.id}")
     print(f"state      {header.state.value}")
@@ -593,6 +737,21 @@ def _summary(stack: AirflowStack, header: Any) -> None:
         "a New export form)"
     )
     print(f"passwords  {stack.passwords_file}")
+    if mail is not None:
+        print(f"e-mail     {mail}  (every e-mail of the demo: {demo_mailbox(stack) / 'index.txt'})")
+    else:
+        print(f"e-mail     none yet; e-mails land in {demo_mailbox(stack)}")
+    env_file = stack.home / "analyst.env"
+    bin_dir = Path(sys.executable).parent
+    env_file.write_text(
+        f'export PATH="{bin_dir}:$PATH"\n'
+        f"export EXPORT_TX_URL=http://localhost:{stack.port}\n"
+        f"export EXPORT_TX_USER={DEMO_REQUESTER}\n"
+        f"export EXPORT_TX_PASSWORD={passwords.get(DEMO_REQUESTER, '')}\n"
+    )
+    env_file.chmod(0o600)
+    print(f"CLI        . {env_file.relative_to(REPO) if env_file.is_relative_to(REPO) else env_file}"
+          f"   then: export-tx list · export-tx status {header.id}")  # fmt: skip
     print(f"API        http://localhost:{stack.port}/exports/v1/transactions/{header.id}  (export-tx status TOKEN)")
     print("The stack keeps running; 'make down' stops it.")
 
@@ -602,6 +761,8 @@ def main(argv: list[str] | None = None) -> int:
     command = args[0] if args else "demo"
     if command == "demo":
         return run_demo(int(os.environ.get("DEMO_ROWS", "1000000")))
+    if command == "mail-catcher" and len(args) == 3:
+        return run_mail_catcher(Path(args[1]), int(args[2]))
     if command == "down":
         stack = demo_stack()
         if not stack.running_pids():
@@ -609,7 +770,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.stop()
         print("stopped")
         return 0
-    print("usage: python -m export_tx.devstack [demo|down]", file=sys.stderr)
+    print("usage: python -m export_tx.devstack [demo|down|mail-catcher FOLDER PORT]", file=sys.stderr)
     return 2
 
 

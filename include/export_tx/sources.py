@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from export_tx.errors import DefinitionInvalid, FieldError, RequestInvalid, driver_message, is_transient
@@ -57,6 +58,12 @@ class SqliteSource:
     def label(self) -> str:
         return f"SQLite file {self.path}" if self.path else "the embedded demo database"
 
+    def unavailable(self) -> str | None:
+        """Why this source cannot be read here, or None (a cheap check: nothing is opened)."""
+        if Path(self.uri()).is_file():
+            return None
+        return f"{self.label()} does not exist here" + ("" if self.path else " (make demo creates it)")
+
 
 @dataclass(frozen=True)
 class PostgresSource:
@@ -70,6 +77,17 @@ class PostgresSource:
 
     def label(self) -> str:
         return f"PostgreSQL connection {self.conn_id!r}"
+
+    def unavailable(self) -> str | None:
+        """Why this source cannot be read here, or None: the connection must be defined (a cheap
+        check; whether the server answers is found out by a preview or the export itself)."""
+        from airflow.sdk import BaseHook
+
+        try:
+            BaseHook.get_connection(self.conn_id)
+        except Exception:  # AirflowNotFoundException, or no way to reach the connections at all
+            return f"the Airflow connection {self.conn_id!r} is not defined in this deployment"
+        return None
 
 
 Source = SqliteSource | PostgresSource

@@ -30,7 +30,7 @@ class _User:
 
 
 @pytest.fixture
-def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, demo_db: Path) -> Iterator[Any]:
     from airflow.api_fastapi.core_api.security import get_user
 
     store = HeaderStore(f"sqlite:///{tmp_path / 'store.db'}")
@@ -169,3 +169,17 @@ def test_requesters_see_download_links_and_admins_storage(client: Any) -> None:
     assert "secret_conn" not in client.get("/v1/transactions").text
     client.who["user"] = _User("root", "ADMIN")
     assert client.get("/v1/transactions/done").json()["result"]["storage_uri"].startswith("s3://secret_conn@")
+
+
+def test_a_definition_that_cannot_run_here_is_listed_as_such_and_refused_before_a_run(
+    client: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("EXPORT_TX_DEMO_DB", str(tmp_path / "not-generated.db"))  # read on every use
+    listed = {d["name"]: d for d in client.get("/v1/definitions").json()["definitions"]}
+    assert listed["demo_orders"]["available"] is False
+    assert "does not exist here (make demo creates it)" in listed["demo_orders"]["unavailable"]
+    answer = _post(client, {"definition": "demo_orders"})
+    assert answer.status_code == 422
+    (error,) = answer.json()["errors"]
+    assert error["field"] == "definition" and error["message"].startswith("demo_orders cannot run in this deployment")
+    assert client.triggered == [] and client.store.list_headers()[1] == 0

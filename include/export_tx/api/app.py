@@ -335,8 +335,14 @@ def _accepted(header: TxHeader, user: Any, replayed: bool = False) -> JSONRespon
 
 @app.get(f"{V1}/definitions", dependencies=[CanRead], responses=ERRORS, tags=["definitions"])
 def list_definitions(user: GetUserDep) -> dict[str, list[dict[str, Any]]]:
-    """Every registered definition: name, description, parameter schema, limits."""
-    return {"definitions": [registry.get(name).describe() for name in registry.names()]}
+    """Every registered definition: name, description, parameter schema, limits, and whether it
+    can run in this deployment (``unavailable``: why not, e.g. its source's connection is missing)."""
+    described = []
+    for name in registry.names():
+        definition = registry.get(name)
+        reason = definition.source.unavailable()
+        described.append({**definition.describe(), "available": reason is None, "unavailable": reason})
+    return {"definitions": described}
 
 
 def _query_params(definition: Any, request: Request) -> dict[str, Any]:
@@ -451,6 +457,11 @@ def request_export(
     except RequestInvalid as exc:
         errors = [e.as_dict() for e in exc.errors]
         return JSONResponse({"detail": str(exc), "errors": errors}, status_code=422)
+    reason = registry.get(request.definition).source.unavailable()
+    if reason is not None:  # refused now, not after a run failed
+        message = f"{request.definition} cannot run in this deployment: {reason}"
+        return JSONResponse({"detail": f"invalid request: definition: {message}",
+                             "errors": [{"field": "definition", "message": message}]}, status_code=422)  # fmt: skip
     conf = request.as_conf()
     digest = _request_hash(conf)
     who = user.get_name()
