@@ -20,7 +20,8 @@ def build_params() -> dict[str, Any]:
             type="string",
             enum=names,
             title="Export definition",
-            description="Which registered export to run. Each definition names its source, query and limits.",
+            description="Which registered export to run. Each definition names its source, query and limits. "
+            "Analysts: the Exports page (/exports/ui) has a form with one field per parameter and a live preview.",
         ),
         "params": Param(
             {},

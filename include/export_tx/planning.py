@@ -548,4 +548,6 @@ def plan_export(definition: ExportDefinition, params: Mapping[str, Any], batch_s
     note = f"planned {count} of ~{size:,} rows for {total:,} rows"
     if size != batch_size:
         note += f" (batch_size grown from {batch_size:,} to {size:,} to stay within {max_batches} batches)"
+    else:  # say how the count was chosen: by row count, whatever the key's spread
+        note += f" ({total:,} rows ÷ {size:,} rows per batch, rounded up)"
     return Plan(batches, total, size, note, schema)

@@ -96,6 +96,21 @@ def _label_field(value: Any, errors: list[FieldError]) -> str | None:
     return value.strip()
 
 
+def parse_batch_size(value: Any) -> int:
+    """A batch size given on its own (a preview's query string: text), checked as a request's."""
+    if isinstance(value, str):
+        try:
+            value = int(value.strip().replace(",", "").replace("_", ""))
+        except ValueError:
+            pass
+    errors: list[FieldError] = []
+    size = _int_field({"batch_size": value}, "batch_size", settings.BATCH_SIZE_DEFAULT, settings.BATCH_SIZE_MIN,
+                      settings.BATCH_SIZE_MAX, errors)  # fmt: skip
+    if errors:
+        raise RequestInvalid(errors)
+    return size
+
+
 def parse_request(conf: dict[str, Any] | None) -> ExportRequest:
     """Validate a run conf; raise :class:`RequestInvalid` naming every bad field."""
     conf = dict(conf or {})

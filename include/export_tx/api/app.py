@@ -32,7 +32,7 @@ from export_tx.control import record_download
 from export_tx.definition import RETENTION_DAYS_LIMIT
 from export_tx.errors import FieldError, RequestInvalid, shown
 from export_tx.pipeline import PREVIEW_ROWS_MAX
-from export_tx.request import LABEL_MAX_CHARS, MAX_ADDRESS_CHARS, MAX_RECIPIENTS, parse_request
+from export_tx.request import LABEL_MAX_CHARS, MAX_ADDRESS_CHARS, MAX_RECIPIENTS, parse_batch_size, parse_request
 from export_tx.settings import BATCH_SIZE_DEFAULT, BATCH_SIZE_MAX, BATCH_SIZE_MIN
 from export_tx.states import State
 from export_tx.store import Header as TxHeader
@@ -419,7 +419,13 @@ def preview_definition(
     name: str,
     request: Request,
     user: GetUserDep,
-    batch_size: Annotated[int, Query(ge=BATCH_SIZE_MIN, le=BATCH_SIZE_MAX)] = BATCH_SIZE_DEFAULT,
+    batch_size: Annotated[
+        str | None,
+        Query(
+            max_length=20,
+            description=f"rows per batch, {BATCH_SIZE_MIN:,} to {BATCH_SIZE_MAX:,}; default {BATCH_SIZE_DEFAULT:,}",
+        ),
+    ] = None,  # fmt: skip
     rows: Annotated[int, Query(ge=0, le=PREVIEW_ROWS_MAX, description="first rows to show")] = 10,
 ) -> Any:
     """Try an export before requesting it, writing nothing: the row count, the batch plan, each
@@ -431,8 +437,10 @@ def preview_definition(
     if definition is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such definition; GET /exports/v1/definitions lists them")
     try:
+        # Checked by the same code as a request's, so the form shows the same message either way.
+        size = parse_batch_size(batch_size) if batch_size is not None else BATCH_SIZE_DEFAULT
         params = definition.validate_params(_query_params(definition, request))
-        return pipeline.preview(definition, params, batch_size, rows)
+        return pipeline.preview(definition, params, size, rows)
     except Exception as exc:
         return _refusal(exc)
 
