@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,3 +128,39 @@ def wait_task(
             return state
         time.sleep(0.5)
     raise AssertionError(f"{task_id} of {run_id} is {state}, not one of {states}")
+
+
+# -- the browser (Playwright on Debian's Chromium) ------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "Debian's chromium is required (make test installs it)"
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def artifact(session_dir: Path, name: str) -> str:
+    """Screenshots go to $EXPORT_TX_TEST_ARTIFACTS when set (kept after the run), else the session dir."""
+    folder = Path(os.environ.get("EXPORT_TX_TEST_ARTIFACTS") or session_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder / name)
+
+
+def page_as(browser: Any, stack: AirflowStack, user: str) -> Any:
+    """A browser session logged in like the Airflow UI: the JWT in Airflow's ``_token`` cookie."""
+    context = browser.new_context(base_url=stack.base_url)
+    context.add_cookies([{"name": "_token", "value": stack.token(user), "url": stack.base_url}])
+    return context.new_page()

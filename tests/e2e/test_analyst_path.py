@@ -15,8 +15,7 @@ import httpx
 import pytest
 
 from export_tx.devstack import AirflowStack
-from tests.e2e.conftest import terminal, tx_url, wait_status
-from tests.e2e.test_exports_page import _artifact, _page_as, browser  # noqa: F401 (the browser fixture)
+from tests.e2e.conftest import artifact, page_as, terminal, tx_url, wait_status
 
 pytestmark = pytest.mark.stack
 
@@ -25,8 +24,8 @@ KEY_DELAY_MS = 120
 
 
 @pytest.fixture
-def analyst_page(browser: Any, stack: AirflowStack) -> Iterator[Any]:  # noqa: F811
-    page = _page_as(browser, stack, "analyst")
+def analyst_page(browser: Any, stack: AirflowStack) -> Iterator[Any]:
+    page = page_as(browser, stack, "analyst")
     try:
         yield page
     finally:
@@ -50,7 +49,7 @@ def test_from_the_form_to_a_verified_file(
     def screenshot(step: str) -> None:
         nonlocal shot
         shot += 1
-        page.screenshot(path=_artifact(session_dir, f"analyst-{shot:02d}-{step}.png"), full_page=True)
+        page.screenshot(path=artifact(session_dir, f"analyst-{shot:02d}-{step}.png"), full_page=True)
 
     # Airflow's own UI: "Exports" is in the main navigation (not under Browse).
     page.goto("/plugin/exports")
@@ -162,11 +161,11 @@ def test_cancel_asks_first(analyst_page: Any, clients: dict[str, httpx.Client], 
     assert status["state"] == "CANCELLED"
     assert questions[0].startswith("Cancel export to cancel (demo_orders, ")
     page.locator(f'tr[data-id="{running["id"]}"] .state', has_text="CANCELLED").wait_for(timeout=30_000)
-    page.screenshot(path=_artifact(session_dir, "analyst-cancelled.png"), full_page=True)
+    page.screenshot(path=artifact(session_dir, "analyst-cancelled.png"), full_page=True)
 
 
 def test_a_run_page_in_airflow_shows_its_export(
-    browser: Any,  # noqa: F811
+    browser: Any,
     stack: AirflowStack,
     clients: dict[str, httpx.Client],
     session_dir: Path,
@@ -183,7 +182,7 @@ def test_a_run_page_in_airflow_shows_its_export(
         clients["admin"].post("/exports/v1/transactions", json={"definition": "demo_orders", "label": "run tab"}).json()
     )
     wait_status(clients["admin"], tx["id"], terminal)
-    page = _page_as(browser, stack, "admin")
+    page = page_as(browser, stack, "admin")
     try:
         from urllib.parse import quote
 
@@ -193,6 +192,6 @@ def test_a_run_page_in_airflow_shows_its_export(
         assert page.locator("#new-export").is_hidden()
         page.goto("/exports/ui?run=scheduled__2026-01-01T00%3A00%3A00&dag=some_other_dag")
         page.locator("#run-view", has_text="is not an export you may see").wait_for(timeout=30_000)
-        page.screenshot(path=_artifact(session_dir, "run-tab-not-an-export.png"))
+        page.screenshot(path=artifact(session_dir, "run-tab-not-an-export.png"))
     finally:
         page.context.close()

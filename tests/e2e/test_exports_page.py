@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,41 +9,9 @@ import httpx
 import pytest
 
 from export_tx.devstack import AirflowStack
-from tests.e2e.conftest import terminal, wait_status
+from tests.e2e.conftest import artifact, page_as, terminal, wait_status
 
 pytestmark = pytest.mark.stack
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync",
-]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    assert Path(CHROMIUM).exists(), "Debian's chromium is required (make test installs it)"
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-def _artifact(session_dir: Path, name: str) -> str:
-    """Screenshots go to $EXPORT_TX_TEST_ARTIFACTS when set (kept after the run), else the session dir."""
-    folder = Path(os.environ.get("EXPORT_TX_TEST_ARTIFACTS") or session_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    return str(folder / name)
-
-
-def _page_as(browser: Any, stack: AirflowStack, user: str) -> Any:
-    """A browser session logged in like the Airflow UI: the JWT in Airflow's ``_token`` cookie."""
-    context = browser.new_context(base_url=stack.base_url)
-    context.add_cookies([{"name": "_token", "value": stack.token(user), "url": stack.base_url}])
-    return context.new_page()
 
 
 def test_exports_page_lists_transactions_and_live_progress(
@@ -59,7 +24,7 @@ def test_exports_page_lists_transactions_and_live_progress(
     running = analyst.post("/exports/v1/transactions",
                            json={"definition": "demo_orders", "params": {}, "batch_size": 1000}).json()  # fmt: skip
 
-    page = _page_as(browser, stack, "analyst")
+    page = page_as(browser, stack, "analyst")
     page.goto("/exports/ui")
     row = page.locator(f'tr[data-id="{running["id"]}"]')
     row.wait_for(timeout=30_000)
@@ -69,7 +34,7 @@ def test_exports_page_lists_transactions_and_live_progress(
     assert "/20 batches" in progress_text
     assert row.locator(".state").inner_text() in ("RUNNING", "MERGING")
     assert row.locator("button.cancel").count() == 1
-    page.screenshot(path=_artifact(session_dir, "exports-running.png"))
+    page.screenshot(path=artifact(session_dir, "exports-running.png"))
 
     done_row = page.locator(f'tr[data-id="{finished["id"]}"]')
     assert done_row.locator(".state").inner_text() == "SUCCEEDED"
@@ -86,7 +51,7 @@ def test_exports_page_lists_transactions_and_live_progress(
 def test_viewer_sees_no_cancel_button_and_only_own_rows(
     browser: Any, stack: AirflowStack, clients: dict[str, httpx.Client]
 ) -> None:
-    page = _page_as(browser, stack, "viewer")
+    page = page_as(browser, stack, "viewer")
     page.goto("/exports/ui")
     page.locator("#status", has_text="transaction(s)").wait_for(timeout=30_000)
     assert page.locator("tbody tr").count() == 0  # the viewer requested nothing
@@ -104,13 +69,13 @@ def test_the_page_is_in_the_airflow_navigation(clients: dict[str, httpx.Client])
 
 def test_the_page_opens_inside_the_airflow_ui(browser: Any, stack: AirflowStack, session_dir: Path) -> None:
     """Airflow's own React UI shows the plugin view (an iframe of /exports/ui) at /plugin/exports."""
-    page = _page_as(browser, stack, "admin")
+    page = page_as(browser, stack, "admin")
     page.goto("/plugin/exports")
     frame = page.frame_locator("iframe")
     frame.locator("#status", has_text="transaction(s)").wait_for(timeout=60_000)
     assert frame.locator("h1").inner_text() == "Exports"
     assert frame.locator("tbody tr").count() >= 1  # the admin sees everyone's
-    page.screenshot(path=_artifact(session_dir, "exports-in-airflow-ui.png"), full_page=True)
+    page.screenshot(path=artifact(session_dir, "exports-in-airflow-ui.png"), full_page=True)
     page.context.close()
 
 
@@ -124,7 +89,7 @@ def test_an_analyst_requests_an_export_from_the_form(
         return int(clients["bob"].get("/exports/v1/transactions", params={"limit": 1}).json()["total_entries"])
 
     before = bobs()
-    page = _page_as(browser, stack, "bob")
+    page = page_as(browser, stack, "bob")
     page.goto("/exports/ui")
     form = page.locator("#new-export")
     form.wait_for(state="visible", timeout=30_000)
@@ -151,12 +116,12 @@ def test_an_analyst_requests_an_export_from_the_form(
     assert status["state"] == "SUCCEEDED" and status["requested_by"] == "bob"
     assert status["params"] == {"status": "paid", "since": "2025-06-01"} and status["batch_size"] == 1000
     page.locator(f'tr[data-id="{token}"] .state', has_text="SUCCEEDED").wait_for(timeout=60_000)
-    page.screenshot(path=_artifact(session_dir, "exports-new-export.png"), full_page=True)
+    page.screenshot(path=artifact(session_dir, "exports-new-export.png"), full_page=True)
     page.context.close()
 
 
 def test_a_viewer_gets_no_form(browser: Any, stack: AirflowStack) -> None:
-    page = _page_as(browser, stack, "viewer")
+    page = page_as(browser, stack, "viewer")
     page.goto("/exports/ui")
     page.locator("#status", has_text="transaction(s)").wait_for(timeout=30_000)
     assert page.locator("#new-export").is_hidden()
