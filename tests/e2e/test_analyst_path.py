@@ -76,6 +76,13 @@ def test_from_the_form_to_a_verified_file(
     page.click("#f-submit")
     page.locator('.field-error[data-field="batch_size"]').filter(has_text="1,000 to 5,000,000").wait_for(timeout=15_000)
     assert analysts() == before
+    # Half a number ("1e") on screen is not sent as "no value" (which would mean the default).
+    _type(page, "#f-batch_size", "1e")
+    page.click("#f-submit")
+    page.locator('.field-error[data-field="batch_size"]').filter(has_text="not a number as typed").wait_for(
+        timeout=15_000
+    )
+    assert analysts() == before
     screenshot("mistake-refused")
 
     # The real request, typed key by key; the preview counts what will be exported.
