@@ -139,7 +139,9 @@ CHROMIUM_ARGS = [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="session")
+# Module-scoped, never session-scoped: while Playwright's sync API is open, its event loop counts as
+# running in the main thread, and later tests' asyncio.run() would fail.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
