@@ -39,7 +39,21 @@ def smtp() -> Iterator[SmtpServer]:
 
 
 @pytest.fixture(scope="session")
-def stack(session_dir: Path, demo_db: Path, smtp: SmtpServer, type_matrix: str) -> Iterator[AirflowStack]:
+def airflow_metadata() -> Iterator[str]:
+    """Airflow's metadata database for the shared stack: a fresh PostgreSQL database, as in
+    production. Under the load these tests put on it (50 exports at once), the embedded SQLite
+    database makes requests wait for its single writer lock for up to its 30 s timeout. (The
+    embedded default itself is run end to end by ``test_demo.py``, ``tests/faults`` and the bench.)"""
+    from tests.deploy import fresh_database
+
+    with fresh_database("export_tx_e2e_meta") as dsn:
+        yield "postgresql+psycopg2://" + dsn.split("://", 1)[1]
+
+
+@pytest.fixture(scope="session")
+def stack(
+    session_dir: Path, demo_db: Path, smtp: SmtpServer, type_matrix: str, airflow_metadata: str
+) -> Iterator[AirflowStack]:
     """One real Airflow stack (api-server with our plugin, scheduler, dag-processor, triggerer),
     shared by every end-to-end test of the session. Its components see the PostgreSQL source
     (connection ``export_source_pg``, with the type matrix) and the team's definition folder."""
@@ -49,6 +63,7 @@ def stack(session_dir: Path, demo_db: Path, smtp: SmtpServer, type_matrix: str) 
         session_dir / "stack",
         port=free_port(),
         extra_env={
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_metadata,
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": USERS,
             "AIRFLOW_CONN_SMTP_DEFAULT": smtp.connection_json(),
             "EXPORT_TX_NOTIFY_POLL_SECONDS": "0.5",
