@@ -274,6 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
         "default: the definition's retention_days ('export-tx definitions' shows both)",
     )  # fmt: skip
     req.add_argument(
+        "--label", metavar="TEXT",
+        help="your own name for the export, one line of at most 100 characters, shown beside its token "
+        "(export-tx list, the Exports page)",
+    )  # fmt: skip
+    req.add_argument(
         "--idempotency-key", metavar="KEY",
         help="at most 200 characters; requesting again with the same key and options answers the same export "
         "instead of starting another (other options under that key are refused)",
@@ -403,7 +408,7 @@ def _run(client: httpx.Client, args: argparse.Namespace) -> int:
         body: dict[str, Any] = {"definition": args.definition, "params": parse_params(args.param)}
         for key, value in (("batch_size", args.batch_size), ("notify_email", args.notify_email),
                            ("notify_delay_minutes", args.notify_delay),
-                           ("retention_days", args.retention_days)):  # fmt: skip
+                           ("retention_days", args.retention_days), ("label", args.label)):  # fmt: skip
             if value is not None:
                 body[key] = value
         headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
@@ -422,8 +427,9 @@ def _run(client: httpx.Client, args: argparse.Namespace) -> int:
         query = {k: v for k, v in (("state", args.state), ("definition", args.definition)) if v}
         page = _check(client.get(f"{API}/transactions", params={**query, "limit": 100}))
         for tx in page["transactions"]:
+            label = f"  {tx['label']}" if tx.get("label") else ""
             print(f"{tx['id']:<40} {tx['definition']:<14} {tx['state']:<10} {tx['progress']['percent']:>3}%  "
-                  f"{tx['requested_by']:<10} {tx['created_at']}")  # fmt: skip
+                  f"{tx['requested_by']:<10} {tx['created_at']}{label}")  # fmt: skip
         print(f"{page['total_entries']} transaction(s)")
         return 0
     if args.command == "logs":

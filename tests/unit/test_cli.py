@@ -201,9 +201,11 @@ def _accepted(request: httpx.Request) -> httpx.Response:
 
 def test_retention_days_is_sent(api: Callable[..., FakeApi], capsys: pytest.CaptureFixture[str]) -> None:
     fake = api(_accepted)
-    assert cli.main(["request", "orders", "--retention-days", "30", "--batch-size", "5000", "--param", "n=5"]) == 0
+    assert cli.main(["request", "orders", "--retention-days", "30", "--batch-size", "5000", "--param", "n=5",
+                     "--label", "Q3 for finance"]) == 0  # fmt: skip
     body = json.loads(fake.requests[0].content)
-    assert body == {"definition": "orders", "params": {"n": 5}, "batch_size": 5000, "retention_days": 30}
+    assert body == {"definition": "orders", "params": {"n": 5}, "batch_size": 5000, "retention_days": 30,
+                    "label": "Q3 for finance"}  # fmt: skip
     assert capsys.readouterr().out == f"{TOKEN}\n"
 
 
