@@ -640,6 +640,30 @@ def ratio(wall: float, reference: float) -> str:
     return f"{r:.2f}x slower" if r > 1 else f"{1 / r:.2f}x faster"
 
 
+def phases(events: list[dict[str, Any]], wall_s: float | None = None) -> list[tuple[str, float]]:
+    """The product's timeline from its own processing log (seconds since the header was created):
+    planning, the batch phase, the gap before the merge, the merge — and, given the measured wall
+    time, what came before the first task created the header (scheduling and task start-up)."""
+
+    def first(test: Any) -> float | None:
+        return next((e["s"] for e in events if test(e)), None)
+
+    def last(test: Any) -> float | None:
+        found = [e["s"] for e in events if test(e)]
+        return found[-1] if found else None
+
+    running = first(lambda e: e["message"].startswith("RUNNING"))
+    planned = first(lambda e: e["message"].startswith("planned "))
+    batches_done = last(lambda e: e["kind"] == "batch")
+    merging = first(lambda e: e["message"].startswith("MERGING"))
+    succeeded = first(lambda e: e["message"].startswith("SUCCEEDED"))
+    before = None if wall_s is None or succeeded is None else max(wall_s - succeeded, 0.0)
+    marks = [("trigger → first task", 0.0, before), ("planning", running, planned),
+             ("batches (to the last one done)", planned, batches_done), ("gap before the merge", batches_done, merging),
+             ("merge", merging, succeeded)]  # fmt: skip
+    return [(name, round(end - start, 3)) for name, start, end in marks if start is not None and end is not None]
+
+
 def print_table(results: list[Result]) -> None:
     reference = next(r for r in results if r.contender == REFERENCE)
     header = f"{'contender':<44} {'wall s':>8} {'rows/s':>11} {'peak RSS MB':>12} {'file MB':>8}  vs {REFERENCE}"
@@ -722,6 +746,10 @@ def main(argv: list[str] | None = None) -> int:
         f"largest single task process: {product['largest_task_peak_rss_bytes'] / MB:,.1f} MB"
     )
 
+    timeline = phases(product.get("events", []), results[-1].wall_s)
+    if timeline:
+        print("product timeline (from its processing log): " + ", ".join(f"{n} {t:.2f} s" for n, t in timeline))
+        product["phases_s"] = dict(timeline)
     load = product.get("api_load")
     if load:
         post, poll = load["post"], load["status"]
