@@ -20,6 +20,7 @@ import httpx
 
 from export_tx import settings
 from export_tx.states import State
+from export_tx.storage import human_size
 
 API = "/exports/v1"
 ACTIVE = ("REQUESTED", "RUNNING", "MERGING")
@@ -123,21 +124,6 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
 
 
 #: SI units, as a disk's or a network's sizes are given: 1 kB = 1,000 bytes.
-SIZE_UNITS = ("kB", "MB", "GB", "TB", "PB")
-
-
-def _size(n: int) -> str:
-    """Bytes in SI units with one decimal: 3,506,533 → ``3.5 MB`` (never KiB/MiB under a kB/MB name)."""
-    if n < 1000:
-        return f"{n:,} B"
-    value = float(n)
-    for unit in SIZE_UNITS:
-        value /= 1000
-        text = f"{value:,.1f}"
-        # 999,960 bytes round to 1,000.0 kB: that is 1.0 MB.
-        if float(text.replace(",", "")) < 1000 or unit == SIZE_UNITS[-1]:
-            return f"{text} {unit}"
-    raise AssertionError("unreachable")
 
 
 def batches_text(progress: dict[str, Any], state: str) -> str:
@@ -188,7 +174,7 @@ def print_status(tx: dict[str, Any], out: IO[str] | None = None) -> None:
     print(f"progress   {p['percent']}%  {batches_text(p, tx['state'])}  rows {p['rows_written']:,}", file=out)
     if tx.get("result"):
         r = tx["result"]
-        print(f"result     {r['rows']:,} rows, {_size(r['bytes'])}, sha256 {r['sha256']}", file=out)
+        print(f"result     {r['rows']:,} rows, {human_size(r['bytes'])}, sha256 {r['sha256']}", file=out)
         print(f"expires    {r['expires_at']}", file=out)
     if tx.get("error"):
         print(f"error      {tx['error']}", file=out)

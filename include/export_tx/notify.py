@@ -26,6 +26,7 @@ from airflow.sdk import BaseSensorOperator
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from export_tx.settings import get_settings
+from export_tx.storage import human_size
 from export_tx.store import Header, HeaderStore, utcnow
 
 log = logging.getLogger(__name__)
@@ -68,22 +69,13 @@ def status_url(tx_id: str) -> str:
     return f"{get_settings().public_base_url}/exports/v1/transactions/{quote(tx_id, safe='')}"
 
 
-def _size(n: int | None) -> str:
-    value = float(n or 0)
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:,.0f} {unit}" if unit == "bytes" else f"{value:,.1f} {unit}"
-        value /= 1024
-    return f"{value:,.1f} GB"
-
-
 def ready_email(header: Header) -> tuple[str, str]:
     """Subject and HTML body announcing a finished export."""
     link = download_url(header.id)
     subject = f"Your export {header.definition} is ready ({header.result_rows or 0:,} rows)"
     body = (
         f"<p>Your export <b>{html.escape(header.definition)}</b> is ready.</p>"
-        f"<ul><li>Rows: {header.result_rows or 0:,}</li><li>Size: {_size(header.result_bytes)}</li>"
+        f"<ul><li>Rows: {header.result_rows or 0:,}</li><li>Size: {human_size(header.result_bytes or 0)}</li>"
         f"<li>SHA-256: {header.result_sha256}</li>"
         f"<li>Available until: {header.expires_at:%Y-%m-%d %H:%M} UTC</li>"
         f"<li>Token: {html.escape(header.id)}</li></ul>"

@@ -149,3 +149,20 @@ PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
 
 def path_of(uri: str) -> ObjectStoragePath:
     return _path(uri)
+
+
+SIZE_UNITS = ("kB", "MB", "GB", "TB", "PB")
+
+
+def human_size(n: int) -> str:
+    """Bytes in SI units with one decimal: 3,506,533 → ``3.5 MB`` (never KiB/MiB under a kB/MB name)."""
+    if n < 1000:
+        return f"{n:,} B"
+    value = float(n)
+    for unit in SIZE_UNITS:
+        value /= 1000
+        text = f"{value:,.1f}"
+        # 999,960 bytes round to 1,000.0 kB: that is 1.0 MB.
+        if float(text.replace(",", "")) < 1000 or unit == SIZE_UNITS[-1]:
+            return f"{text} {unit}"
+    raise AssertionError("unreachable")

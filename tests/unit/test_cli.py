@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from export_tx import cli, settings
+from export_tx.storage import human_size
 
 TOKEN = "exp_demo_orders_1"
 
@@ -268,7 +269,7 @@ def test_status_before_planning_never_shows_none() -> None:
     ],
 )
 def test_size(n: int, expected: str) -> None:
-    assert cli._size(n) == expected
+    assert human_size(n) == expected
 
 
 # 8. Cancelling asks first.
