@@ -628,7 +628,7 @@ def _demo_orders_source() -> tuple[str | None, str]:
     return dsn, f"reusing {rows:,} orders in {DEMO_PG_DATABASE} on {dsn.rsplit('@', 1)[-1]}"
 
 
-def _demo_env(stack: AirflowStack, orders_dsn: str | None) -> dict[str, str]:
+def _demo_env(orders_dsn: str | None) -> dict[str, str]:
     env = {
         "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps({
             "conn_type": "smtp", "host": "127.0.0.1", "port": DEMO_SMTP_PORT,
@@ -661,7 +661,7 @@ def run_demo(rows: int) -> int:
         _step(step)
         orders_dsn, what = _demo_orders_source()
         print(f"    {what}")
-        stack.extra_env = {**stack.extra_env, **_demo_env(stack, orders_dsn)}
+        stack.extra_env = {**stack.extra_env, **_demo_env(orders_dsn)}
         step = "preparing the Airflow metadata database"
         _step(f"{step} in {stack.home}")
         stack.migrate()
@@ -704,14 +704,18 @@ DEMO_MAIL_TO = "analyst@example.com"
 
 
 def _wait_for_mail(stack: AirflowStack, tx_id: str, timeout: float = 90) -> Path | None:
-    """The e-mail the demo's export sent (no delay asked), once the mail catcher has it."""
-    index = demo_mailbox(stack) / "index.txt"
+    """The e-mail the demo's export sent (no delay asked), once the mail catcher has it: the
+    newest message naming this token (an earlier demo's e-mails stay in the same folder)."""
+    import email
+    from email import policy
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if index.exists():
-            for line in reversed(index.read_text().splitlines()):
-                if tx_id in line or "The demo" in line or DEMO_MAIL_TO in line:
-                    return demo_mailbox(stack) / line.rsplit("  ", 1)[-1]
+        for path in sorted(demo_mailbox(stack).glob("*.eml"), reverse=True):
+            message = email.message_from_bytes(path.read_bytes(), policy=policy.default)
+            body = message.get_body(("plain", "html"))
+            if body is not None and tx_id in body.get_content():
+                return path
         time.sleep(1)
     return None
 
