@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, summary: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=summary, description=summary + ".")
 
-    batch_range = f"{settings.BATCH_SIZE_MIN:,} to {settings.BATCH_SIZE_MAX:,}, default {settings.BATCH_SIZE_DEFAULT:,}"
+    batch_range = f"{settings.BATCH_SIZE_MIN:,} to {settings.BATCH_SIZE_MAX:,}, default automatic"
     param_help = (
         "a parameter of the definition, as NAME=VALUE; repeat it for each parameter. A number, true, false or "
         "null is sent as such, anything else as text; 'export-tx definitions' lists each definition's parameters"

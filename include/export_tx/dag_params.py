@@ -34,12 +34,13 @@ def build_params() -> dict[str, Any]:
         ),
         "batch_size": Param(
             settings.BATCH_SIZE_DEFAULT,
-            type="integer",
+            type=["null", "integer"],
             minimum=settings.BATCH_SIZE_MIN,
             maximum=settings.BATCH_SIZE_MAX,
             title="Rows per batch",
-            description="1,000 to 5,000,000 rows per batch. Each batch is one task with a few seconds of start-up: "
-            "few large batches are fastest. Beyond 200 batches they are made larger, and the log says so.",
+            description="Empty: automatic — one batch per batch slot, each of at least 1,000,000 rows (fastest). "
+            "Or 1,000 to 5,000,000 rows per batch; each batch is one task with about a second of start-up. "
+            "Beyond 200 batches they are made larger, and the log says so.",
         ),
         "notify_email": Param(
             None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +13,7 @@ from export_tx.settings import ROW_GROUP_ROWS
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from export_tx.planning import SchemaPlan
 
@@ -63,38 +65,122 @@ def write_parquet(
     return rows
 
 
-def copy_row_groups(sink: Any, schema: pa.Schema, parts: Iterable[Any], row_group_rows: int = ROW_GROUP_ROWS) -> int:
-    """Concatenate Parquet parts (binary files, opened lazily in order, closed here) into ``sink``; return the rows
-    written. Every part must carry ``schema``. Small row groups (parts of small batches) are
-    gathered into groups of ~``row_group_rows``; memory stays bounded by about one group."""
-    import pyarrow as pa
+#: A part is copied as bytes when its row groups hold on average at least ``row_group_rows // SPLICE_SHARE``
+#: rows; smaller groups (small batches) are gathered and re-encoded into groups of ~``row_group_rows``.
+#: The trade: a byte copy keeps the parts' row groups, and smaller groups make a bigger file (orders
+#: data, zstd: +8 % at 500,000 rows a group, +23 % at 250,000), while re-encoding costs ~15x the time
+#: of the copy. Automatic plans make batches of at least 1,000,000 rows: always copied.
+SPLICE_SHARE = 2
+
+
+def merge_parts(sink: Any, schema: pa.Schema, parts: Iterable[Any], row_group_rows: int = ROW_GROUP_ROWS) -> int:
+    """Concatenate Parquet parts into ``sink`` mostly as a byte copy; return the rows written.
+
+    The contract of :func:`copy_row_groups`: ``parts`` are binary, seekable files (written by
+    :func:`write_parquet`), opened lazily in order and closed here, each carrying ``schema``;
+    ``sink`` only needs ``write()``. Each part is opened once:
+
+    * a part whose row groups are big enough (see :data:`SPLICE_SHARE`) is copied as bytes, its
+      row groups joining the footer of part 1 with their offsets moved (:mod:`export_tx.parquet_footer`);
+    * a run of parts with small row groups is decoded and gathered into groups of ~``row_group_rows``
+      rows, each encoded as a small Parquet file in memory and copied in the same way;
+    * a part without rows adds nothing; no part at all gives an empty file with ``schema``.
+
+    Memory: one copy chunk plus the footers, and one gathered row group while small parts are met.
+    Every part must also share part 1's Parquet schema and key-value metadata (else ExportError).
+    """
     import pyarrow.parquet as pq
 
-    rows = 0
-    pending: list[pa.Table] = []
-    pending_rows = 0
-    with pq.ParquetWriter(sink, schema, compression=COMPRESSION) as writer:
+    from export_tx.parquet_footer import SAME_SCHEMA, Splicer, read_footer, require_same
 
-        def flush() -> None:
-            nonlocal pending, pending_rows
-            if pending:
-                writer.write_table(pa.concat_tables(pending), row_group_size=max(pending_rows, 1))
-                pending, pending_rows = [], 0
+    splicer: Splicer | None = None
+    gathered = _Gathered(row_group_rows)
+    min_rows = row_group_rows // SPLICE_SHARE
 
-        for index, source in enumerate(parts):
-            with source:
-                part = pq.ParquetFile(source)
-                if not part.schema_arrow.equals(schema, check_metadata=False):
-                    raise ExportError(
-                        f"part {index + 1} has another schema than the export's plan "
-                        f"({part.schema_arrow} vs {schema}); nothing was published"
-                    )
-                for group in range(part.num_row_groups):
-                    table = part.read_row_group(group)
-                    if pending_rows and pending_rows + table.num_rows > row_group_rows:
-                        flush()
-                    pending.append(table)
-                    pending_rows += table.num_rows
-                    rows += table.num_rows
-        flush()
-    return rows
+    def splice_gathered(encoded: io.BytesIO | None) -> None:
+        if encoded is None:
+            return
+        assert splicer is not None  # set by the part the rows come from
+        label = "a re-encoded row group"
+        footer = read_footer(encoded, label)
+        require_same(splicer.reference, footer, label, SAME_SCHEMA)
+        splicer.append(encoded, footer, label)
+
+    for number, source in enumerate(parts, start=1):
+        label = f"part {number}"
+        with source:
+            footer = read_footer(source, label)  # first: its refusals are clearer than pyarrow's
+            part = _checked_part(source, schema, number)
+            if splicer is None:
+                splicer = Splicer(sink, footer)
+            else:
+                require_same(splicer.reference, footer, label)
+            groups = len(footer.row_groups)
+            if not footer.num_rows:
+                continue  # nothing to add (an empty part may still hold an empty row group)
+            if footer.num_rows >= groups * min_rows:
+                splice_gathered(_encoded(gathered.take()))  # keep the rows in order
+                splicer.append(source, footer, label)
+            else:
+                for group in range(groups):
+                    splice_gathered(_encoded(gathered.add(part.read_row_group(group))))
+    splice_gathered(_encoded(gathered.take()))
+    if splicer is None:
+        with pq.ParquetWriter(sink, schema, compression=COMPRESSION):
+            pass
+        return 0
+    splicer.finish()
+    return splicer.rows
+
+
+def _encoded(table: pa.Table | None) -> io.BytesIO | None:
+    """``table`` as a Parquet file of one row group, in memory (the decoded table is freed once it
+    returns, before the copy)."""
+    import pyarrow.parquet as pq
+
+    if table is None:
+        return None
+    buffer = io.BytesIO()
+    # The parts' own Arrow schema (read back with the table), so the Parquet schema is theirs.
+    with pq.ParquetWriter(buffer, table.schema, compression=COMPRESSION) as writer:
+        writer.write_table(table, row_group_size=max(table.num_rows, 1))
+    return buffer
+
+
+def _checked_part(source: Any, schema: pa.Schema, number: int) -> pq.ParquetFile:
+    """The part as a ParquetFile (its footer read), refused unless it carries ``schema``."""
+    import pyarrow.parquet as pq
+
+    part = pq.ParquetFile(source)
+    if not part.schema_arrow.equals(schema, check_metadata=False):
+        raise ExportError(
+            f"part {number} has another schema than the export's plan "
+            f"({part.schema_arrow} vs {schema}); nothing was published"
+        )
+    return part
+
+
+class _Gathered:
+    """Tables waiting to become one row group of about ``row_group_rows`` rows."""
+
+    def __init__(self, row_group_rows: int) -> None:
+        self.row_group_rows = row_group_rows
+        self.tables: list[pa.Table] = []
+        self.rows = 0
+
+    def add(self, table: pa.Table) -> pa.Table | None:
+        """Buffer ``table``; return the full group it pushes out, if any (the tables before it)."""
+        full = self.take() if self.rows and self.rows + table.num_rows > self.row_group_rows else None
+        self.tables.append(table)
+        self.rows += table.num_rows
+        return full
+
+    def take(self) -> pa.Table | None:
+        """The buffered tables as one table (None when empty); the buffer is emptied."""
+        import pyarrow as pa
+
+        if not self.tables:
+            return None
+        table = pa.concat_tables(self.tables)
+        self.tables, self.rows = [], 0
+        return table

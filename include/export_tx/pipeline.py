@@ -16,10 +16,10 @@ from typing import Any
 
 from export_tx import registry, storage
 from export_tx.errors import FieldError, IntegrityError, RequestInvalid, TransactionClosed
-from export_tx.parquet_io import copy_row_groups, processed, write_parquet
+from export_tx.parquet_io import merge_parts, processed, write_parquet
 from export_tx.planning import SchemaPlan, batch_sql, plan_export
 from export_tx.request import EMAIL, ExportRequest, parse_request
-from export_tx.settings import BATCH_SIZE_DEFAULT, BULK_RUN_PREFIX, DAG_ID, NOTIFY_DELAY_DEFAULT, get_settings
+from export_tx.settings import BULK_RUN_PREFIX, DAG_ID, NOTIFY_DELAY_DEFAULT, get_settings
 from export_tx.sources import stream
 from export_tx.states import IllegalTransition, State
 from export_tx.store import Header, HeaderStore, utcnow
@@ -35,9 +35,7 @@ def _raw_header_fields(conf: dict[str, Any]) -> dict[str, Any]:
     return {
         "definition": str(conf.get("definition"))[:100],
         "params": conf.get("params") if isinstance(conf.get("params"), dict) else {},
-        "batch_size": batch_size
-        if isinstance(batch_size, int) and not isinstance(batch_size, bool)
-        else BATCH_SIZE_DEFAULT,
+        "batch_size": batch_size if isinstance(batch_size, int) and not isinstance(batch_size, bool) else 0,
         # Still tell the requester that (and why) the export was refused.
         "notify_email": email
         if isinstance(email, str) and all(EMAIL.match(a.strip()) for a in email.split(","))
@@ -89,7 +87,9 @@ def plan(store: HeaderStore, tx_id: str) -> list[int]:
     if header.batches_total is not None:
         return [b.batch_no for b in store.plan(tx_id)]
     definition = registry.get(header.definition)
-    result = plan_export(definition, header.params, header.batch_size, get_settings().max_batches)
+    settings = get_settings()
+    requested = header.batch_size or None  # 0: automatic
+    result = plan_export(definition, header.params, requested, settings.max_batches, settings.batch_slots)
     note = result.note
     if result.schema.notes:
         note += "; columns: " + "; ".join(result.schema.notes)
@@ -207,7 +207,7 @@ def merge(store: HeaderStore, tx_id: str) -> MergeResult:
     with tmp.open("wb") as raw:
         sink = storage.HashingWriter(raw)
         parts = (_open_part(tx_id, b.batch_no) for b in plan)
-        written = copy_row_groups(sink, schema, parts)
+        written = merge_parts(sink, schema, parts)
         sink.close()
     file_rows = _file_rows(tmp)
     if written != expected or file_rows != expected:
@@ -259,7 +259,7 @@ PREVIEW_RANGES_SHOWN = 20
 PREVIEW_TIME_LIMIT_SECONDS = 60.0
 
 
-def preview(definition: Any, params: dict[str, Any], batch_size: int, rows: int) -> dict[str, Any]:
+def preview(definition: Any, params: dict[str, Any], batch_size: int | None, rows: int) -> dict[str, Any]:
     """Try an export without writing anything: its row count, batch plan, columns (source type →
     file type) and first rows, exactly as the file would hold them (transform applied).
 
@@ -269,7 +269,8 @@ def preview(definition: Any, params: dict[str, Any], batch_size: int, rows: int)
 
     started = time.monotonic()
     with time_limit(PREVIEW_TIME_LIMIT_SECONDS):
-        result = plan_export(definition, params, batch_size, get_settings().max_batches)
+        settings = get_settings()
+        result = plan_export(definition, params, batch_size, settings.max_batches, settings.batch_slots)
         sample: list[dict[str, Any]] = []
         if rows > 0 and result.batches:
             first = result.batches[0]

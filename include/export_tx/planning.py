@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from export_tx.definition import ExportDefinition
 from export_tx.errors import DataNotExportable, DefinitionInvalid, ExportError, FieldError, TooManyRows
+from export_tx.settings import BATCH_ROWS_AUTO_MIN, BATCH_SIZE_MAX, BATCH_SIZE_MIN
 from export_tx.sources import (
     Described,
     PgBinding,
@@ -341,8 +342,14 @@ class Plan:
     schema: SchemaPlan
 
 
-def choose_batch_size(total_rows: int, requested: int, max_batches: int) -> int:
-    """The requested size, grown just enough that the plan stays within ``max_batches``."""
+def choose_batch_size(total_rows: int, requested: int | None, max_batches: int, slots: int = 1) -> int:
+    """Rows per batch: the requested size, grown just enough that the plan stays within
+    ``max_batches``; without a request, one batch per slot (``slots`` batch tasks run at once),
+    never below :data:`BATCH_ROWS_AUTO_MIN` rows (a task's start-up would outweigh its work) nor
+    above ``BATCH_SIZE_MAX`` (then the slots take several rounds)."""
+    if requested is None:
+        batches = max(1, min(slots, total_rows // BATCH_ROWS_AUTO_MIN))
+        requested = min(max(math.ceil(total_rows / batches), BATCH_SIZE_MIN), BATCH_SIZE_MAX)
     if total_rows <= 0:
         return requested
     if math.ceil(total_rows / requested) <= max_batches:
@@ -380,9 +387,14 @@ def batches_from_starts(starts: Sequence[tuple[Any, int]], total_rows: int) -> l
 # from the source's own description, and every user value is a bound parameter.
 
 
-def count_sql(definition: ExportDefinition, columns: Sequence[ColumnSpec], key: str) -> tuple[str, list[str]]:
-    """Rows, rows with a key, and every column check, in one pass; returns (sql, check aliases)."""
+def count_sql(
+    definition: ExportDefinition, columns: Sequence[ColumnSpec], key: str, first_key: str | None
+) -> tuple[str, list[str]]:
+    """Rows, rows with a key, the first key (``first_key``: SQL over the key) and every column check,
+    in one pass; returns (sql, check aliases)."""
     parts = [f"COUNT(*) AS n, COUNT({quote_identifier(key)}) AS n_key"]
+    if first_key is not None:
+        parts.append(f"{first_key} AS k_min")
     aliases = []
     for i, spec in enumerate(columns):
         for j, check in enumerate(spec.checks):
@@ -431,9 +443,9 @@ def sqlite_sentinel_value(spec: ColumnSpec) -> str:
 
 def _run_checks(
     definition: ExportDefinition, values: Mapping[str, Any], specs: Sequence[ColumnSpec], key: str,
-    binding: PgBinding | None,
-) -> tuple[int, int, list[dict[str, Any]]]:  # fmt: skip
-    sql, aliases = count_sql(definition, specs, key)
+    first_key: str | None, binding: PgBinding | None,
+) -> tuple[int, int, Any, list[dict[str, Any]]]:  # fmt: skip
+    sql, aliases = count_sql(definition, specs, key, first_key)
     row = fetch_all(definition.source, sql, values, binding).to_pylist()[0]
     results: list[dict[str, Any]] = []
     position = 0
@@ -443,7 +455,7 @@ def _run_checks(
             found[check.kind] = row[aliases[position]]
             position += 1
         results.append(found)
-    return int(row["n"]), int(row["n_key"]), results
+    return int(row["n"]), int(row["n_key"]), row.get("k_min", _UNKNOWN), results
 
 
 _KEY_TYPES = "an integer, text, date, timestamp, uuid or decimal column"
@@ -467,8 +479,23 @@ def _check_key(definition: ExportDefinition, specs: Sequence[ColumnSpec]) -> Col
     return key
 
 
-def plan_schema(definition: ExportDefinition, params: Mapping[str, Any]) -> tuple[SchemaPlan, int, int]:
-    """Describe, resolve and check the columns; count the rows. Returns (schema, rows, rows with a key).
+#: A first key the counting pass could not find.
+_UNKNOWN = object()
+
+
+@dataclass(frozen=True)
+class Counted:
+    """What the planning pass found: the rows, the rows with a key, the first key (as the plan
+    stores bounds)."""
+
+    rows: int
+    with_key: int
+    #: :data:`_UNKNOWN` where the source has no MIN for the key's type (PostgreSQL's uuid).
+    first_key: Any
+
+
+def plan_schema(definition: ExportDefinition, params: Mapping[str, Any]) -> tuple[SchemaPlan, Counted]:
+    """Describe, resolve and check the columns; count the rows (one pass over the query).
 
     Raises :class:`DefinitionInvalid` (the definition), :class:`RequestInvalid` (a parameter
     value the query's type cannot take) or :class:`DataNotExportable` (a value no file type here
@@ -484,13 +511,16 @@ def plan_schema(definition: ExportDefinition, params: Mapping[str, Any]) -> tupl
     key = _check_key(definition, specs)
     binding = described.binding
     key_sql = quote_identifier(key.name)
+    first_key: str | None = f"MIN({key_sql})"
     if isinstance(definition.source, PostgresSource):
         assert binding is not None
         pg = dict(described.columns)[key.name]
         binding = PgBinding(binding.occurrences, pg.display)
         if pg.name not in ("int2", "int4", "int8", "text", "varchar", "bpchar"):
             key_sql = f"CAST({key_sql} AS text)"  # bounds kept as exact text, cast back when bound
-    total, with_key, results = _run_checks(definition, values, specs, key.name, binding)
+            # The least in the key's own order, as text; PostgreSQL has no MIN(uuid).
+            first_key = None if pg.name == "uuid" else f"CAST({first_key} AS text)"
+    total, with_key, first, results = _run_checks(definition, values, specs, key.name, first_key, binding)
     if total > definition.max_rows:
         raise TooManyRows(
             f"the export matches {total:,} rows, over the {definition.max_rows:,} allowed for "
@@ -513,7 +543,7 @@ def plan_schema(definition: ExportDefinition, params: Mapping[str, Any]) -> tupl
     notes = tuple(f"{c.name}: {c.note}" for c in finished if c.note)
     schema = SchemaPlan(tuple(finished), key, key_sql, definition.source.dialect, binding, schema_to_text(output),
                         notes)  # fmt: skip
-    return schema, total, with_key
+    return schema, Counted(total, with_key, first)
 
 
 def output_schema(definition: ExportDefinition, schema: pa.Schema) -> pa.Schema:
@@ -529,25 +559,36 @@ def output_schema(definition: ExportDefinition, schema: pa.Schema) -> pa.Schema:
             "transform", f"fails on the query's columns ({type(exc).__name__}: {exc})")]) from exc  # fmt: skip
 
 
-def plan_export(definition: ExportDefinition, params: Mapping[str, Any], batch_size: int, max_batches: int) -> Plan:
-    """Fix the columns, count the matching rows, enforce the definition's limit, compute the batches."""
-    schema, total, with_key = plan_schema(definition, params)
-    if with_key != total:
+def plan_export(
+    definition: ExportDefinition, params: Mapping[str, Any], batch_size: int | None, max_batches: int, slots: int = 1
+) -> Plan:
+    """Fix the columns, count the matching rows, enforce the definition's limit, compute the batches
+    (``batch_size`` None: automatic, one per slot — see :func:`choose_batch_size`)."""
+    schema, counted = plan_schema(definition, params)
+    total = counted.rows
+    if counted.with_key != total:
         raise ExportError(
-            f"{total - with_key:,} matching rows have no {definition.key_column!r}; the definition's "
+            f"{total - counted.with_key:,} matching rows have no {definition.key_column!r}; the definition's "
             "key column must never be NULL"
         )
-    size = choose_batch_size(total, batch_size, max_batches)
+    size = choose_batch_size(total, batch_size, max_batches, slots)
     if total == 0:
         return Plan([], 0, size, "planned 0 batches: no rows match; the result will be an empty file", schema)
-    values = {**definition.bind_values(params), "export_tx_batch_size": size}
-    starts = fetch_all(definition.source, starts_sql(definition, schema), values, schema.binding)
-    pairs = list(zip(starts.column("k").to_pylist(), starts.column("rn").to_pylist(), strict=True))
-    batches = batches_from_starts(pairs, total)
+    if total <= size and counted.first_key is not _UNKNOWN:
+        # One batch from the first key: the counting pass found it, no second pass numbers the rows.
+        batches = [PlannedBatch(batch_no=1, lo=counted.first_key, hi=None, planned_rows=total)]
+    else:
+        values = {**definition.bind_values(params), "export_tx_batch_size": size}
+        starts = fetch_all(definition.source, starts_sql(definition, schema), values, schema.binding)
+        pairs = list(zip(starts.column("k").to_pylist(), starts.column("rn").to_pylist(), strict=True))
+        batches = batches_from_starts(pairs, total)
     count = "1 batch" if len(batches) == 1 else f"{len(batches)} batches"
     note = f"planned {count} of ~{size:,} rows for {total:,} rows"
-    if size != batch_size:
+    if batch_size is None:  # say how the count was chosen
+        note += (f" (automatic: one batch per slot, {slots} slots, at least {BATCH_ROWS_AUTO_MIN:,} and at most "
+                 f"{BATCH_SIZE_MAX:,} rows each)")  # fmt: skip
+    elif size != batch_size:
         note += f" (batch_size grown from {batch_size:,} to {size:,} to stay within {max_batches} batches)"
-    else:  # say how the count was chosen: by row count, whatever the key's spread
+    else:  # by row count, whatever the key's spread
         note += f" ({total:,} rows ÷ {size:,} rows per batch, rounded up)"
     return Plan(batches, total, size, note, schema)

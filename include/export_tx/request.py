@@ -25,7 +25,8 @@ LABEL_MAX_CHARS = 100
 class ExportRequest:
     definition: str
     params: dict[str, Any]
-    batch_size: int = settings.BATCH_SIZE_DEFAULT
+    #: None: automatic (one batch per batch slot; see planning.choose_batch_size).
+    batch_size: int | None = settings.BATCH_SIZE_DEFAULT
     notify_email: str | None = None
     notify_delay_minutes: float = settings.NOTIFY_DELAY_DEFAULT
     #: Days the result is kept; None: the definition's own retention.
@@ -36,7 +37,9 @@ class ExportRequest:
         return asdict(self)
 
 
-def _int_field(conf: dict[str, Any], name: str, default: int, low: int, high: int, errors: list[FieldError]) -> int:
+def _int_field(
+    conf: dict[str, Any], name: str, default: int | None, low: int, high: int, errors: list[FieldError]
+) -> int | None:
     value = conf.get(name)
     if value is None:
         return default
@@ -96,8 +99,11 @@ def _label_field(value: Any, errors: list[FieldError]) -> str | None:
     return value.strip()
 
 
-def parse_batch_size(value: Any) -> int:
-    """A batch size given on its own (a preview's query string: text), checked as a request's."""
+def parse_batch_size(value: Any) -> int | None:
+    """A batch size given on its own (a preview's query string: text), checked as a request's
+    (None or empty: automatic)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
     if isinstance(value, str):
         try:
             value = int(value.strip().replace(",", "").replace("_", ""))

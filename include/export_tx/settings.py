@@ -32,9 +32,13 @@ BATCH_TABLE = "export_batch"
 EVENT_TABLE = "export_event"
 
 # Request limits (the run conf / Params contract).
-BATCH_SIZE_DEFAULT = 250_000
+#: A request without ``batch_size`` gets an automatic plan (see :func:`export_tx.planning.choose_batch_size`).
+BATCH_SIZE_DEFAULT = None
 BATCH_SIZE_MIN = 1_000
 BATCH_SIZE_MAX = 5_000_000
+#: An automatic plan splits only batches of at least this many rows: a mapped task costs about a
+#: second of scheduling and start-up, and a million rows about two seconds of work on one core.
+BATCH_ROWS_AUTO_MIN = 1_000_000
 NOTIFY_DELAY_DEFAULT = 15
 NOTIFY_DELAY_MAX = 7 * 24 * 60
 
@@ -102,7 +106,9 @@ class Settings:
     storage_uri: str
     demo_db_path: Path
     max_batches: int
-    min_batch_size: int
+    #: Batch tasks that can run at once (executor slots, or the batch pool's): an automatic plan
+    #: makes this many batches, so a large export keeps every slot busy once.
+    batch_slots: int
     public_base_url: str
     #: The team's own definition folders (``EXPORT_TX_DEFINITIONS_PATH``, ``:``-separated).
     definitions_path: tuple[Path, ...] = ()
@@ -118,7 +124,8 @@ class Settings:
             demo_db_path=Path(_env("EXPORT_TX_DEMO_DB", str(home / "demo_source.db")) or ""),
             # Keep mapped tasks in the tens to low hundreds (max_map_length is 1024).
             max_batches=int(_env("EXPORT_TX_MAX_BATCHES", "200") or 200),
-            min_batch_size=int(_env("EXPORT_TX_MIN_BATCH_SIZE", str(BATCH_SIZE_MIN)) or BATCH_SIZE_MIN),
+            # One machine (LocalExecutor): its cores. With Celery or Kubernetes set it to the batch pool's slots.
+            batch_slots=max(1, int(_env("EXPORT_TX_BATCH_SLOTS", str(len(os.sched_getaffinity(0)))) or 1)),
             public_base_url=(_env("EXPORT_TX_PUBLIC_URL", "http://localhost:8080") or "").rstrip("/"),
             definitions_path=tuple(
                 Path(p).expanduser() for p in (_env("EXPORT_TX_DEFINITIONS_PATH", "") or "").split(os.pathsep) if p

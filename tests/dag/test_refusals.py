@@ -151,7 +151,10 @@ def test_a_query_failing_while_it_streams_fails_at_once(monkeypatch: pytest.Monk
            "AND (:max_i4 IS NULL OR i4 <= :max_i4)")  # fmt: skip
     _swap(monkeypatch, sql=sql)
     _, error = _refused({"batch_size": 1000}, "export_batch")
-    assert "failed (OSError: division by zero); not retried: it would fail the same way again" in error
+    # The driver's own error class, with PostgreSQL's SQLSTATE, reaches the user.
+    assert (
+        "failed (DataError: division by zero (SQLSTATE 22012)); not retried: it would fail the same way again" in error
+    )
 
 
 @pytest.mark.usefixtures("refusal_data")

@@ -16,7 +16,7 @@ from unittest import mock
 import httpx
 import pytest
 
-from export_tx import cli, settings
+from export_tx import cli
 from export_tx.storage import human_size
 
 TOKEN = "exp_demo_orders_1"
@@ -183,7 +183,7 @@ def test_every_option_has_help(name: str, parser: argparse.ArgumentParser) -> No
 def test_help_gives_units_and_ranges_with_commas() -> None:
     request = dict(_parsers())["request"].format_help()
     flat = " ".join(request.split())
-    assert f"rows per batch, 1,000 to 5,000,000, default {settings.BATCH_SIZE_DEFAULT:,}" in flat
+    assert "rows per batch, 1,000 to 5,000,000, default automatic" in flat
     assert "small batches cost a task each, few large batches are faster" in flat
     assert "minutes to wait" in flat and "0 to 10,080" in flat
     assert "--retention-days DAYS" in flat and "retention_days_max" in flat

@@ -26,6 +26,26 @@ def test_choose_batch_size(total: int, requested: int, max_batches: int, expecte
 
 
 @pytest.mark.parametrize(
+    ("total", "slots", "expected"),
+    [
+        (0, 2, 1_000),  # nothing to split: the smallest size (the plan is empty anyway)
+        (10_000, 2, 10_000),  # small: one batch, no task start-up spent on a split
+        (1_999_999, 2, 1_999_999),  # under two batches' worth of the minimum: one batch
+        (2_000_000, 2, 1_000_000),  # one batch per slot
+        (5_000_000, 2, 2_500_000),
+        (5_000_000, 8, 1_000_000),  # more slots than millions: batches stay at least a million rows
+        (20_000_000, 2, 5_000_000),  # one per slot would be 10M: capped, the slots take two rounds
+        (1_000_000_000, 2, 5_000_000),  # 200 batches, exactly the limit
+        (2_000_000_000, 2, 10_000_000),  # beyond it the size grows, as for a requested size
+    ],
+)
+def test_an_automatic_plan_gives_each_slot_one_batch_of_at_least_a_million_rows(
+    total: int, slots: int, expected: int
+) -> None:
+    assert choose_batch_size(total, None, 200, slots) == expected
+
+
+@pytest.mark.parametrize(
     ("starts", "total", "expected"),
     [
         ([], 0, []),

@@ -50,7 +50,10 @@ class Transaction(BaseModel):
     label: str | None = Field(default=None, description="the requester's own name for the export, if given")
     definition: str
     params: dict[str, Any]
-    batch_size: int
+    batch_size: int | None = Field(
+        None,
+        description="rows per batch: the request's, or once planned the size chosen; null: automatic, not yet planned",
+    )
     format: str = Field("parquet", description="the file's format")
     retention_days: int | None = Field(
         None, description="days the file is kept, if the request chose; else the definition's default"
@@ -137,7 +140,7 @@ def transaction(header: Header, *, admin: bool = False) -> Transaction:
         label=header.label,
         definition=header.definition,
         params=header.params,
-        batch_size=header.batch_size,
+        batch_size=header.batch_size or None,  # None: automatic, until planned
         format="parquet",  # the one format today
         retention_days=header.retention_days,
         state=header.state.value,
