@@ -138,6 +138,9 @@ def batch_label(store: HeaderStore, tx_id: str, batch_no: int) -> str:
 
 def export_batch(store: HeaderStore, tx_id: str, batch_no: int) -> BatchResult:
     """Stream one batch's rows from the source into its Parquet part and record its rows."""
+    done = _already_published(store, tx_id, batch_no)
+    if done is not None:
+        return done
     header = _active(store, tx_id)
     definition = registry.get(header.definition)
     columns = schema_of(header)
@@ -166,7 +169,37 @@ def export_batch(store: HeaderStore, tx_id: str, batch_no: int) -> BatchResult:
         storage.remove(target)
         raise TransactionClosed("the transaction ended while this batch ran; its part was removed")
     log.info("batch %s attempt %s: %s rows, %s bytes in %.2f s", batch_no, attempt, rows, sink.bytes, duration)
+    if recorded:
+        merge_if_last(store, tx_id)
     return BatchResult(batch_no, rows, sink.bytes, str(target), duration)
+
+
+def _already_published(store: HeaderStore, tx_id: str, batch_no: int) -> BatchResult | None:
+    """A retry of a batch whose rows are already in the published file (its task died after the
+    last batch's merge): nothing to do, the recorded result stands."""
+    header = store.get(tx_id)
+    if header.state != State.SUCCEEDED:
+        return None
+    b = store.batch(tx_id, batch_no)
+    if b.state != "DONE":
+        return None
+    return BatchResult(batch_no, b.rows or 0, b.bytes or 0, b.part_uri or "", b.duration_s or 0.0)
+
+
+def merge_if_last(store: HeaderStore, tx_id: str) -> None:
+    """The batch that finishes last merges at once, in its own process: the export is ``SUCCEEDED``
+    without waiting for the scheduler to start the merge task (which then finds the file
+    published). Only the batch whose compare-and-set moves the header to ``MERGING`` does it, so
+    two batches ending together never both merge. Whatever goes wrong here is left to the merge
+    task, which merges again from the parts (they are removed only once the file is published)."""
+    header = store.get(tx_id)
+    if header.terminal or header.batches_total is None or header.batches_done != header.batches_total:
+        return
+    try:
+        if store.transition(tx_id, State.MERGING, "merging the parts (by the last batch to finish)"):
+            merge(store, tx_id)
+    except Exception:
+        log.warning("the merge is left to the merge task", exc_info=True)
 
 
 @dataclass(frozen=True)

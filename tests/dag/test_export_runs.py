@@ -140,16 +140,16 @@ def test_a_batch_failing_for_good_fails_the_transaction(monkeypatch: pytest.Monk
 def test_a_retried_batch_is_counted_once(monkeypatch: pytest.MonkeyPatch, demo_db: Path) -> None:
     """Batch 2 dies after recording its rows (before reporting success): the retry re-writes the
     part and records again, and the header still counts its rows once."""
-    real = pipeline.BatchResult.as_xcom
+    real = pipeline.merge_if_last
     failed: list[int] = []
 
-    def flaky(self: pipeline.BatchResult) -> dict[str, Any]:
-        if self.batch_no == 2 and not failed:
+    def flaky(st: Any, tx_id: str) -> None:
+        if st.batch(tx_id, 2).state == "DONE" and not failed:  # called by batch 2, just after recording
             failed.append(2)
             raise ConnectionResetError("worker lost its connection")
-        return real(self)
+        real(st, tx_id)
 
-    monkeypatch.setattr(pipeline.BatchResult, "as_xcom", flaky)
+    monkeypatch.setattr(pipeline, "merge_if_last", flaky)
     run = run_export({"definition": "demo_orders", "params": {"status": "pending"}, "batch_size": 1000})
     source = demo_source_rows(demo_db, "status = ?", ("pending",))
     header = _assert_clean_success(run, len(source))
@@ -222,17 +222,15 @@ def test_a_result_published_while_the_store_was_down_is_removed_with_the_failure
 
 def test_merge_refuses_to_publish_when_rows_do_not_add_up(monkeypatch: pytest.MonkeyPatch) -> None:
     """If the stored batch rows and the parts disagree, nothing is published."""
-    real = pipeline.export_batch
+    from export_tx.store import HeaderStore
 
-    def lying(st: Any, tx_id: str, batch_no: int) -> pipeline.BatchResult:
-        result = real(st, tx_id, batch_no)
-        if batch_no == 1:  # the part holds N rows, the record claims N + 1
-            st.record_batch(
-                tx_id, 1, rows=result.rows + 1, nbytes=result.bytes, part_uri=result.uri, duration_s=result.duration_s
-            )
-        return result
+    real = HeaderStore.record_batch
 
-    monkeypatch.setattr(pipeline, "export_batch", lying)
+    def lying(self: HeaderStore, tx_id: str, batch_no: int, *, rows: int, **kw: Any) -> bool | None:
+        # Batch 1's part holds N rows, its record claims N + 1.
+        return real(self, tx_id, batch_no, rows=rows + 1 if batch_no == 1 else rows, **kw)
+
+    monkeypatch.setattr(HeaderStore, "record_batch", lying)
     run = run_export({"definition": "demo_orders", "params": {"status": "returned"}, "batch_size": 1000})
     header = store().get(run.run_id)
     assert run.state == "failed" and header.state == State.FAILED

@@ -70,10 +70,9 @@ def test_a_failed_export_leaves_nothing_on_s3(s3_storage: dict[str, str], monkey
     real = pipeline.export_batch
 
     def broken(st: object, tx_id: str, batch_no: int) -> pipeline.BatchResult:
-        result = real(st, tx_id, batch_no)  # type: ignore[arg-type]
         if batch_no == 2:
             raise OSError("the object store went away")
-        return result
+        return real(st, tx_id, batch_no)  # type: ignore[arg-type]
 
     monkeypatch.setattr(pipeline, "export_batch", broken)
     run = run_export({"definition": "demo_orders", "params": {"status": "paid"}, "batch_size": 1000})
