@@ -108,3 +108,55 @@ def test_null_keys_are_refused(tmp_path: Path) -> None:
         conn.executemany("INSERT INTO skewed VALUES (?, ?)", [(1, "a"), (None, "b")])
     with pytest.raises(ExportError, match="1 matching rows have no 'id'"):
         plan_export(_definition(SqliteSource(str(path))), {}, 1_000, max_batches=10)
+
+
+@pytest.fixture(scope="module")
+def spread_source(pg_database: str, monkeypatch_module: pytest.MonkeyPatch) -> PostgresSource:
+    """Keys that thin out as they grow (``i + i²``), as order ids of a growing shop do not, but a
+    histogram of the range still splits evenly."""
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS spread")
+        conn.execute("CREATE TABLE spread (id BIGINT PRIMARY KEY, payload TEXT)")
+        conn.execute("INSERT INTO spread SELECT i + i * i, 't' || (i % 3) FROM generate_series(1, 20000) AS i")
+    monkeypatch_module.setenv("AIRFLOW_CONN_SPREAD_PG", pg_database)
+    return PostgresSource("spread_pg")
+
+
+def test_an_integer_key_is_split_from_a_histogram_without_numbering_the_rows(
+    spread_source: PostgresSource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from export_tx import planning
+
+    def no_numbering(*_: object) -> str:
+        raise AssertionError("the rows were numbered in key order: the histogram was not used")
+
+    monkeypatch.setattr(planning, "starts_sql", no_numbering)
+    definition = ExportDefinition(name="spread", description="test", source=spread_source,
+                                  sql="SELECT id, payload FROM spread WHERE (:tag IS NULL OR payload = :tag)",
+                                  key_column="id", params={"tag": {"type": "string"}}, max_rows=1_000_000)  # fmt: skip
+    plan = plan_export(definition, {"tag": "t1"}, 1_000, max_batches=200)
+    expected = len([i for i in range(1, 20_001) if i % 3 == 1])
+    assert plan.total_rows == expected and len(plan.batches) == -(-expected // 1_000)
+    assert sum(b.planned_rows for b in plan.batches) == expected
+    assert max(b.planned_rows for b in plan.batches) <= 1.25 * expected / len(plan.batches)
+    # Contiguous, half-open ranges from the first key, and the source agrees with every count.
+    assert [b.hi for b in plan.batches[:-1]] == [b.lo for b in plan.batches[1:]] and plan.batches[-1].hi is None
+    with psycopg.connect(spread_source.uri()) as conn:
+        for b in plan.batches:
+            upper, values = ("", (b.lo,)) if b.hi is None else (" AND id < %s", (b.lo, b.hi))
+            found = conn.execute(f"SELECT count(*) FROM spread WHERE payload = 't1' AND id >= %s{upper}", values)
+            assert found.fetchone() == (b.planned_rows,)
+    assert plan.batches[0].lo == 2  # i = 1 is tag t1: the first key
+
+
+def test_a_key_bunched_in_a_few_values_falls_back_to_numbering(
+    pg_source: PostgresSource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from export_tx import planning
+
+    numbered: list[str] = []
+    real = planning.starts_sql
+    monkeypatch.setattr(planning, "starts_sql", lambda *a: numbered.append("yes") or real(*a))
+    plan = plan_export(_definition(pg_source), {}, 1_000, max_batches=200)
+    assert numbered == ["yes"]  # the skewed keys put nearly every row in the histogram's first bucket
+    assert [b.planned_rows for b in plan.batches[:-1]] == [1_000] * (len(plan.batches) - 1)

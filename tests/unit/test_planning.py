@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from export_tx.planning import batches_from_starts, choose_batch_size
+from export_tx.planning import batches_from_histogram, batches_from_starts, choose_batch_size
 from export_tx.store import PlannedBatch
 
 
@@ -72,3 +72,25 @@ def test_batches_from_starts(starts: list[tuple[object, int]], total: int, expec
     # Ranges are contiguous and half-open: each batch starts where the previous ended.
     for before, after in zip(plan, plan[1:], strict=False):
         assert before.hi == after.lo
+
+
+@pytest.mark.parametrize(
+    ("buckets", "first", "width", "count", "expected"),
+    [
+        ([(0, 10)], 5, 100, 1, [PlannedBatch(1, 5, None, 10)]),
+        # Even buckets: edges where the rows reach each share.
+        ([(0, 5), (1, 5), (2, 5), (3, 5)], 0, 10, 2, [PlannedBatch(1, 0, 20, 10), PlannedBatch(2, 20, None, 10)]),
+        # Empty buckets are absent; bounds fall on the edge of the bucket that starts a batch.
+        ([(0, 4), (7, 4), (9, 4)], 100, 3, 3,
+         [PlannedBatch(1, 100, 121, 4), PlannedBatch(2, 121, 127, 4), PlannedBatch(3, 127, None, 4)]),
+        # A heavy bucket cannot be split: the plan says so by its counts (the caller refuses it).
+        ([(0, 1), (1, 98), (2, 1)], 0, 1, 2, [PlannedBatch(1, 0, 2, 99), PlannedBatch(2, 2, None, 1)]),
+    ],
+)  # fmt: skip
+def test_batches_from_a_histogram(
+    buckets: list[tuple[int, int]], first: int, width: int, count: int, expected: list[PlannedBatch]
+) -> None:
+    total = sum(n for _, n in buckets)
+    plan = batches_from_histogram(buckets, first, width, total, count)
+    assert plan == expected
+    assert sum(b.planned_rows for b in plan) == total
