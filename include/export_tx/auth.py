@@ -16,6 +16,7 @@ instead: :func:`may_use_exports` asks the auth manager for that resource.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager
@@ -28,6 +29,8 @@ EXPORTS_RESOURCE = "Exports"
 ROLES = ("VIEWER", "USER", "OP", "ADMIN")
 PLATFORM_ROLES = {"OP", "ADMIN"}
 
+log = logging.getLogger(__name__)
+
 
 def _role(user: Any) -> str | None:
     from airflow.configuration import conf
@@ -36,6 +39,12 @@ def _role(user: Any) -> str | None:
         return "ADMIN"  # every signed-in person is an admin in that mode
     role = getattr(user, "role", None)
     return None if role is None else str(getattr(role, "value", role)).upper()
+
+
+def decided_by_role(user: Any) -> bool:
+    """Whether :func:`may_use_exports` decides from the user's role alone (SimpleAuthManager,
+    ours or Airflow's): then it asks nothing of the auth manager and does no I/O."""
+    return hasattr(user, "role") or _role(user) is not None
 
 
 def may_use_exports(user: Any, method: str) -> bool:
@@ -53,6 +62,30 @@ def may_use_exports(user: Any, method: str) -> bool:
 class ExportsAuthManager(SimpleAuthManager):
     """SimpleAuthManager where the product's DAGs are the platform team's (``op``, ``admin``):
     requesters never see or touch other people's export runs through Airflow's REST API or UI."""
+
+    async def get_user_from_token(self, token: str) -> Any:
+        """Airflow's own check of a bearer token or session cookie, every step of it — signature,
+        expiry, audience, then whether the token was revoked (logged out) — with that last step,
+        a query of the metadata database, run in a worker thread. Airflow runs it on the
+        api-server's event loop, where every request of every client waits while one request
+        waits for the database (on SQLite, for a writer's lock)."""
+        import anyio.to_thread
+        from airflow.models.revoked_token import RevokedToken
+        from jwt import InvalidTokenError
+
+        try:
+            payload: dict[str, Any] = await self._get_token_validator().avalidated_claims(token)
+        except InvalidTokenError as e:
+            log.error("JWT token is not valid: %s", e)
+            raise
+        jti = payload.get("jti")
+        if jti and await anyio.to_thread.run_sync(RevokedToken.is_revoked, jti):
+            raise InvalidTokenError("Token has been revoked")
+        try:
+            return self.deserialize_user(payload)
+        except (ValueError, KeyError) as e:
+            log.error("Couldn't deserialize user from token, JWT token is not valid: %s", e)
+            raise InvalidTokenError(str(e)) from e
 
     def is_authorized_dag(self, *, method: Any, user: Any, access_entity: Any = None, details: Any = None) -> bool:
         dag_id = getattr(details, "id", None)

@@ -72,8 +72,13 @@ def reconcile(store: HeaderStore, run_state: RunState, grace: timedelta = timede
             continue
         if state is None:
             extra: dict[str, Any] = {"notification_state": SKIPPED} if header.notification_state == PENDING else {}
-            changed = store.fail(header.id, "the Airflow run of this export no longer exists (deleted); "
-                                 "request the export again", **extra)  # fmt: skip
+            if header.state == State.REQUESTED:  # accepted, but its run was never created (the api-server stopped)
+                message = (
+                    "the export was accepted but never started (its Airflow run was not created); request it again"
+                )
+            else:
+                message = "the Airflow run of this export no longer exists (deleted); request the export again"
+            changed = store.fail(header.id, message, **extra)
             if changed:
                 remove_files(store.get(header.id))
         elif state == "failed":

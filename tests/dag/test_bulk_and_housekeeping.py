@@ -190,6 +190,27 @@ def test_reconcile_closes_headers_whose_run_ended_or_vanished() -> None:
     assert s.get(running).state == State.RUNNING and s.get(fresh).state == State.RUNNING
 
 
+def test_reconcile_says_when_an_accepted_export_never_got_its_run() -> None:
+    """The api-server answered 202 and stopped before creating the run (a burst's runs are created
+    just after the burst is answered): housekeeping closes it, saying what happened."""
+    s = store()
+    accepted = f"hk-accepted-{os.getpid()}"
+    s.create(accepted, definition="demo_orders", params={}, batch_size=None, requested_by="ana")
+    with s.engine.begin() as conn:
+        from export_tx.store import headers
+
+        conn.execute(headers.update().where(headers.c.id == accepted).values(updated_at=utcnow() - timedelta(hours=1)))
+    only_it_has_no_run = {accepted: None}.get  # every other header of the shared store: still running
+    assert reconcile(s, lambda tx: only_it_has_no_run(tx, "running"), grace=timedelta(minutes=5)).transactions == [
+        accepted
+    ]
+    header = s.get(accepted)
+    assert header.state == State.FAILED
+    assert (
+        header.error == "the export was accepted but never started (its Airflow run was not created); request it again"
+    )
+
+
 def test_a_bulk_run_id_started_by_hand_is_refused_and_the_bulk_export_says_so() -> None:
     """Anyone may start an export run with any id through Airflow's API; an id a scheduled bulk
     export will use later must not make that export vanish silently."""

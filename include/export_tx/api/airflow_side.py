@@ -3,6 +3,10 @@ database; these are the same internal calls its own REST routes make (pinned Air
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from export_tx.settings import DAG_ID
@@ -99,3 +103,96 @@ def is_admin(user: Any) -> bool:
     from airflow.api_fastapi.app import get_auth_manager
 
     return bool(get_auth_manager().is_authorized_configuration(method="PUT", user=user))
+
+
+class RunStarter:
+    """Creates the Airflow runs of requested exports, one after another, in a thread of its own.
+
+    Creating a run is Airflow's own code path (the serialized DAG, its params checked, a task
+    instance per task, a commit to the metadata database): ~8 ms of CPU, all of it under the
+    api-server's one interpreter lock. Fifty requests at once spent 400 ms in it before the last
+    one could answer. So a request hands its run over here and waits for it (:meth:`wait`) only
+    while it is the one request in progress: alone, it answers once the run exists (or 503 when
+    it could not be created), as before; in a burst it answers as soon as its header is recorded.
+    The runs of a burst are created once its requests are answered (at most
+    :attr:`DEFER_MAX_SECONDS` after each was handed over), in order. A run that then cannot be
+    created ends its transaction FAILED, with the same message (the job's own failure handling).
+    """
+
+    #: How often a waiting request (or a deferred run) looks again.
+    POLL_SECONDS = 0.005
+    #: The longest a run waits for other requests to be answered before it is created anyway.
+    DEFER_MAX_SECONDS = 1.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending = 0  # runs handed over and not created yet
+        self._requests = 0  # requests between enter() and leave()
+        self._waiting = 0  # requests waiting in wait() for their run
+
+    def enter(self) -> None:
+        with self._lock:
+            self._requests += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self._requests -= 1
+
+    def busy(self) -> bool:
+        """Other requests in progress, or other runs waiting to be created."""
+        with self._lock:
+            return self._requests > 1 or self._pending > 1
+
+    def _answering(self) -> bool:
+        """Requests in progress that are not waiting for their run."""
+        with self._lock:
+            return self._requests > self._waiting
+
+    def submit(self, job: Callable[[], None]) -> Future[None]:
+        with self._lock:
+            if self._executor is None:  # one per process, made after the api-server forked
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix="export-run-starter")
+            self._pending += 1
+        try:
+            future = self._executor.submit(self._run, job, time.monotonic() + self.DEFER_MAX_SECONDS)
+        except BaseException:
+            self._done(None)
+            raise
+        future.add_done_callback(self._done)
+        return future
+
+    def _run(self, job: Callable[[], None], deadline: float) -> None:
+        # Answering requests goes first: a run created meanwhile would hold the interpreter lock
+        # for milliseconds at a time while every request waits for it.
+        while self._answering() and time.monotonic() < deadline:
+            time.sleep(self.POLL_SECONDS)
+        job()
+
+    def _done(self, _future: object) -> None:
+        with self._lock:
+            self._pending -= 1
+
+    def wait(self, future: Future[None], timeout: float) -> bool:
+        """Wait for ``future`` while this is the only request in progress, at most ``timeout``
+        seconds; True when it is done (then ``future.exception()`` tells how it went)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            self._waiting += 1
+        try:
+            while not future.done():
+                left = deadline - time.monotonic()
+                if left <= 0 or self.busy():
+                    return False
+                try:
+                    future.exception(timeout=min(left, self.POLL_SECONDS))
+                except TimeoutError:
+                    continue
+            return True
+        finally:
+            with self._lock:
+                self._waiting -= 1
+
+
+#: The run starter of this api-server process.
+starter = RunStarter()

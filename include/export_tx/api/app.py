@@ -8,40 +8,51 @@ transactions — anyone else's answer 404, exactly like a transaction that does 
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import html
 import json
+import logging
 import secrets
+import weakref
+from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from time import monotonic
+from typing import Annotated, Any, TypeVar
 
+import anyio
+import anyio.to_thread
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, ConfigDict, WithJsonSchema
 from sqlalchemy import exc as sa_exc
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from export_tx import registry, settings, storage
-from export_tx.api import airflow_side, views
+from export_tx.api import airflow_side, batching, views
 from export_tx.api.views import ErrorBody, LogPage, Transaction, TransactionList
-from export_tx.auth import may_use_exports
+from export_tx.auth import decided_by_role, may_use_exports
 from export_tx.control import cancel as cancel_transaction
 from export_tx.control import record_download
 from export_tx.definition import RETENTION_DAYS_LIMIT
 from export_tx.errors import FieldError, RequestInvalid, shown
 from export_tx.pipeline import PREVIEW_ROWS_MAX
 from export_tx.request import LABEL_MAX_CHARS, MAX_ADDRESS_CHARS, MAX_RECIPIENTS, parse_batch_size, parse_request
-from export_tx.settings import BATCH_SIZE_DEFAULT, BATCH_SIZE_MAX, BATCH_SIZE_MIN
+from export_tx.settings import BATCH_SIZE_MAX, BATCH_SIZE_MIN
 from export_tx.states import State
 from export_tx.store import Header as TxHeader
-from export_tx.store import HeaderStore
+from export_tx.store import HeaderStore, NewHeader
 
 try:  # Inside the api-server (pinned Airflow): its own authentication.
     from airflow.api_fastapi.core_api.security import GetUserDep
 except ImportError as exc:  # pragma: no cover - the plugin only ever loads inside Airflow
     raise ImportError("the /exports API runs inside the Airflow api-server") from exc
+
+log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 5
 MAX_OFFSET = 1_000_000
@@ -164,13 +175,66 @@ async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
                         headers={"Retry-After": str(RETRY_AFTER_SECONDS)})  # fmt: skip
 
 
+#: Worker threads that answer /exports requests at once, per api-server process and kind
+#: (``EXPORT_TX_API_THREADS``): as many for reads (status polls, listings) as for requests that
+#: write, so polls never queue behind writes waiting for the store's lock. Requests beyond them
+#: wait their turn on the event loop, which costs nothing. More threads do not answer sooner: the
+#: work holds the interpreter lock, and forty threads (FastAPI's default pool) trading it make
+#: every request, and a database write queued behind one of them, wait for all the others.
+API_THREADS_DEFAULT = 8
+#: Per event loop (the api-server has one; tests start several) and kind.
+_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, anyio.CapacityLimiter]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _limiter(kind: str) -> anyio.CapacityLimiter:
+    import os
+
+    raw = os.environ.get("EXPORT_TX_API_THREADS", "").strip()
+    total = int(raw) if raw.isdigit() and int(raw) > 0 else API_THREADS_DEFAULT
+    pools = _limiters.setdefault(asyncio.get_running_loop(), {})
+    limiter = pools.get(kind)
+    if limiter is None:
+        limiter = pools[kind] = anyio.CapacityLimiter(total)
+    elif limiter.total_tokens != total:
+        limiter.total_tokens = total
+    return limiter
+
+
+R = TypeVar("R")
+
+
+def threaded(kind: str) -> Callable[[Callable[..., R]], Callable[..., Awaitable[R]]]:
+    """A route that does I/O (the store, Airflow's database) runs in a worker thread, as
+    FastAPI runs any ``def`` route, but in this app's own pool for its kind ("read" or "write",
+    :func:`_limiter`)."""
+
+    def decorate(fn: Callable[..., R]) -> Callable[..., Awaitable[R]]:
+        @functools.wraps(fn)
+        async def route(*args: Any, **kwargs: Any) -> R:
+            call = functools.partial(fn, *args, **kwargs)
+            return await anyio.to_thread.run_sync(call, limiter=_limiter(kind))
+
+        return route
+
+    return decorate
+
+
 def _requires(method: str) -> Any:
     """Authorisation on the product's own resource (export_tx.auth): reading one's own exports
     needs a viewer, requesting, cancelling and re-sending a user. Never Airflow's permissions on
-    the export DAG's runs: those are the platform team's."""
+    the export DAG's runs: those are the platform team's.
 
-    def check(user: GetUserDep) -> None:
-        if not may_use_exports(user, method):
+    Decided on the event loop when the user's role decides (no I/O); another auth manager is
+    asked from a worker thread, as it may query a database."""
+
+    async def check(user: GetUserDep) -> None:
+        if decided_by_role(user):
+            allowed = may_use_exports(user, method)
+        else:
+            allowed = await run_in_threadpool(may_use_exports, user, method)
+        if not allowed:
             raise HTTPException(status.HTTP_403_FORBIDDEN, f"{user.get_name()} may not {_VERBS[method]} exports")
 
     return Depends(check)
@@ -192,8 +256,24 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def get_store() -> HeaderStore:
-    return HeaderStore.from_settings()
+#: How long the store URL of an Airflow connection (``EXPORT_TX_STORE_CONN_ID``) is reused
+#: before it is looked up again (a secrets backend or the metadata database: not per request).
+STORE_CONNECTION_TTL_SECONDS = 60.0
+_stores: dict[tuple[str | None, str], tuple[float, HeaderStore]] = {}
+
+
+async def get_store() -> HeaderStore:
+    """The header store, on the event loop when it is known already (the settings are read from
+    the environment each time: no I/O); the first time, and when an Airflow connection names it
+    and was last looked up a while ago, from a worker thread."""
+    cfg = settings.get_settings()
+    key = (cfg.store_conn_id, cfg.store_url)
+    cached = _stores.get(key)
+    if cached is not None and (not cfg.store_conn_id or monotonic() - cached[0] < STORE_CONNECTION_TTL_SECONDS):
+        return cached[1]
+    store = await run_in_threadpool(HeaderStore.from_settings)
+    _stores[key] = (monotonic(), store)
+    return store
 
 
 StoreDep = Annotated[HeaderStore, Depends(get_store)]
@@ -233,11 +313,12 @@ class TransactionRequest(BaseModel):
         Any,
         _documented(
             {
-                "type": "integer",
+                "type": ["integer", "null"],
                 "minimum": settings.BATCH_SIZE_MIN,
                 "maximum": settings.BATCH_SIZE_MAX,
-                "default": settings.BATCH_SIZE_DEFAULT,
-                "description": "rows per batch",
+                "default": None,
+                "description": "rows per batch; omitted or null: automatic (one batch per batch slot, at least "
+                f"{settings.BATCH_ROWS_AUTO_MIN:,} rows each)",
             }
         ),
     ] = None
@@ -334,6 +415,7 @@ def _accepted(header: TxHeader, user: Any, replayed: bool = False) -> JSONRespon
 
 
 @app.get(f"{V1}/definitions", dependencies=[CanRead], responses=ERRORS, tags=["definitions"])
+@threaded("read")
 def list_definitions(user: GetUserDep) -> dict[str, list[dict[str, Any]]]:
     """Every registered definition: name, description, parameter schema, limits, and whether it
     can run in this deployment (``unavailable``: why not, e.g. its source's connection is missing)."""
@@ -415,6 +497,8 @@ def _refusal(exc: Exception) -> JSONResponse:
     responses={**ERRORS, 404: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}},
     tags=["definitions"],
 )
+# Not @threaded: a preview queries the source, for seconds maybe; FastAPI's own pool keeps it
+# from holding a place that status polls need.
 def preview_definition(
     name: str,
     request: Request,
@@ -423,7 +507,7 @@ def preview_definition(
         str | None,
         Query(
             max_length=20,
-            description=f"rows per batch, {BATCH_SIZE_MIN:,} to {BATCH_SIZE_MAX:,}; default {BATCH_SIZE_DEFAULT:,}",
+            description=f"rows per batch, {BATCH_SIZE_MIN:,} to {BATCH_SIZE_MAX:,}; default: automatic",
         ),
     ] = None,  # fmt: skip
     rows: Annotated[int, Query(ge=0, le=PREVIEW_ROWS_MAX, description="first rows to show")] = 10,
@@ -438,7 +522,7 @@ def preview_definition(
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such definition; GET /exports/v1/definitions lists them")
     try:
         # Checked by the same code as a request's, so the form shows the same message either way.
-        size = parse_batch_size(batch_size) if batch_size is not None else BATCH_SIZE_DEFAULT
+        size = parse_batch_size(batch_size)
         params = definition.validate_params(_query_params(definition, request))
         return pipeline.preview(definition, params, size, rows)
     except Exception as exc:
@@ -453,6 +537,7 @@ def preview_definition(
     responses={**ERRORS, 409: {"model": ErrorBody}, 422: {"model": ErrorBody}, 400: {"model": ErrorBody}},
     tags=["transactions"],
 )
+@threaded("write")
 def request_export(
     body: TransactionRequest,
     user: GetUserDep,
@@ -460,6 +545,16 @@ def request_export(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JSONResponse:
     """Validate, record the header, start the Airflow run; answer 202 with the token at once."""
+    airflow_side.starter.enter()
+    try:
+        return _request_export(body, user, store, idempotency_key)
+    finally:
+        airflow_side.starter.leave()
+
+
+def _request_export(
+    body: TransactionRequest, user: Any, store: HeaderStore, idempotency_key: str | None
+) -> JSONResponse:
     try:
         request = parse_request(body.model_dump(exclude_none=True))
     except RequestInvalid as exc:
@@ -477,33 +572,61 @@ def request_export(
         existing = store.find_by_idempotency_key(who, idempotency_key)
         if existing is not None:
             if existing.request_hash != digest:
-                raise HTTPException(status.HTTP_409_CONFLICT,
-                                    "this Idempotency-Key was already used with a different request")  # fmt: skip
+                raise HTTPException(status.HTTP_409_CONFLICT, KEY_REUSED)
             return _accepted(existing, user, replayed=True)
-    tx_id = _new_tx_id()
+    created = False
+    while not created:  # a token taken already (same second, same 32 random bits): draw again
+        tx_id = _new_tx_id()
+        try:
+            new = NewHeader(tx_id, requested_by=who, idempotency_key=idempotency_key, request_hash=digest, **conf)
+            header, created = batching.writer.create(store, new)
+        except sa_exc.IntegrityError:
+            # Two identical requests raced on the same key: the other one created it.
+            existing = store.find_by_idempotency_key(who, idempotency_key) if idempotency_key else None
+            if existing is None:
+                raise
+            if existing.request_hash != digest:
+                raise HTTPException(status.HTTP_409_CONFLICT, KEY_REUSED) from None
+            return _accepted(existing, user, replayed=True)
+    started = airflow_side.starter.submit(lambda: _start_run(store, tx_id, conf, who))
+    if airflow_side.starter.wait(started, _run_start_wait()) and started.exception() is not None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the export could not be started; try again",
+                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from started.exception()  # fmt: skip
+    # The run is created, or will be right after this answer (a burst of requests; see RunStarter).
+    return _accepted(header, user)
+
+
+KEY_REUSED = "this Idempotency-Key was already used with a different request"
+#: How long a request that is alone waits for its Airflow run to be created
+#: (``EXPORT_TX_RUN_START_WAIT_SECONDS``); after that it answers 202 and the run follows.
+RUN_START_WAIT_DEFAULT = 10.0
+
+
+def _run_start_wait() -> float:
+    import os
+
+    raw = os.environ.get("EXPORT_TX_RUN_START_WAIT_SECONDS", "").strip()
     try:
-        store.create(tx_id, requested_by=who, idempotency_key=idempotency_key, request_hash=digest, **conf)
-    except sa_exc.IntegrityError:
-        # Two identical requests raced on the same key: the other one created it.
-        existing = store.find_by_idempotency_key(who, idempotency_key) if idempotency_key else None
-        if existing is None:
-            raise
-        if existing.request_hash != digest:
-            raise HTTPException(status.HTTP_409_CONFLICT,
-                                "this Idempotency-Key was already used with a different request") from None  # fmt: skip
-        return _accepted(existing, user, replayed=True)
+        return max(0.0, float(raw)) if raw else RUN_START_WAIT_DEFAULT
+    except ValueError:
+        return RUN_START_WAIT_DEFAULT
+
+
+def _start_run(store: HeaderStore, tx_id: str, conf: dict[str, Any], who: str) -> None:
+    """Create the transaction's Airflow run (in the run starter's thread). When it cannot be
+    created the transaction ends FAILED, saying so, and its Idempotency-Key is free again: the
+    client's retry with it must start the export, not replay this one."""
     try:
         airflow_side.trigger_run(tx_id, conf, who)
     except Exception as exc:
+        log.warning("the Airflow run of %s could not be created: %s", tx_id, exc)
         store.fail(tx_id, f"the Airflow run could not be started ({type(exc).__name__}); try again later")
-        # The key is free again: the client's retry with it must start the export, not replay this.
         store.update(tx_id, idempotency_key=None)
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the export could not be started; try again",
-                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from exc  # fmt: skip
-    return _accepted(store.get(tx_id), user)
+        raise
 
 
 @app.get(f"{V1}/transactions", dependencies=[CanRead], responses=ERRORS, tags=["transactions"])
+@threaded("read")
 def list_transactions(
     user: GetUserDep,
     store: StoreDep,
@@ -538,6 +661,7 @@ def list_transactions(
 
 @app.get(f"{V1}/transactions/{{tx_id}}", dependencies=[CanRead], responses={**ERRORS, 404: {"model": ErrorBody}},
          tags=["transactions"])  # fmt: skip
+@threaded("read")
 def get_transaction(tx_id: str, user: GetUserDep, store: StoreDep) -> Transaction:
     """The status record: state, live progress, result or error, notification, links."""
     return views.transaction(_visible(store, tx_id, user), admin=airflow_side.is_admin(user))
@@ -545,6 +669,7 @@ def get_transaction(tx_id: str, user: GetUserDep, store: StoreDep) -> Transactio
 
 @app.get(f"{V1}/transactions/{{tx_id}}/logs", dependencies=[CanRead],
          responses={**ERRORS, 404: {"model": ErrorBody}}, tags=["transactions"])  # fmt: skip
+@threaded("read")
 def get_logs(
     tx_id: str,
     user: GetUserDep,
@@ -562,6 +687,7 @@ def get_logs(
 @app.post(f"{V1}/transactions/{{tx_id}}/cancel", dependencies=[CanCancel], status_code=202,
           responses={**ERRORS, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
           tags=["transactions"])  # fmt: skip
+@threaded("write")
 def cancel(tx_id: str, user: GetUserDep, store: StoreDep) -> JSONResponse:
     """Cancel a queued or running transaction: CANCELLED, the run stopped, parts removed, no e-mail."""
     header = _visible(store, tx_id, user)
@@ -577,6 +703,7 @@ def cancel(tx_id: str, user: GetUserDep, store: StoreDep) -> JSONResponse:
          responses={**ERRORS, 303: {"description": "redirect to a short-lived object-storage URL"},
                     404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 410: {"model": ErrorBody}},
          tags=["transactions"])  # fmt: skip
+@threaded("write")
 def download(tx_id: str, user: GetUserDep, store: StoreDep) -> Any:
     """The Parquet file (or a 303 to a short-lived URL on S3); records ``downloaded_at``."""
     header = _visible(store, tx_id, user)
@@ -600,6 +727,7 @@ def download(tx_id: str, user: GetUserDep, store: StoreDep) -> Any:
 @app.post(f"{V1}/transactions/{{tx_id}}/notify", dependencies=[CanRequest], status_code=202,
           responses={**ERRORS, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
           tags=["transactions"])  # fmt: skip
+@threaded("write")
 def notify_again(tx_id: str, user: GetUserDep, store: StoreDep) -> JSONResponse:
     """Send the "your export is ready" e-mail again, now (owner or admin): a run of
     ``export_notification`` that neither waits nor skips a downloaded file."""
@@ -628,6 +756,7 @@ def notify_again(tx_id: str, user: GetUserDep, store: StoreDep) -> JSONResponse:
 
 
 @app.get(f"{V1}/me", dependencies=[CanRead], responses=ERRORS, tags=["definitions"])
+@threaded("read")
 def me(user: GetUserDep) -> dict[str, Any]:
     """Who the caller is and what they may do (the Exports page shows buttons accordingly)."""
     return {"user": user.get_name(), "admin": airflow_side.is_admin(user),
@@ -635,6 +764,7 @@ def me(user: GetUserDep) -> dict[str, Any]:
 
 
 @app.get("/ui", response_class=HTMLResponse, dependencies=[CanRead], include_in_schema=False)
+@threaded("read")
 def exports_page(user: GetUserDep) -> HTMLResponse:
     """The Exports page shown inside the Airflow UI (plugin external view)."""
     page = (STATIC / "exports.html").read_text()
