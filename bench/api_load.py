@@ -3,11 +3,16 @@
 Used by ``make bench`` (which prints the POST and status latencies) and by the end-to-end load
 test (which checks every answer and every file). Plain threads and one ``httpx.Client`` per
 thread, as separate clients would be.
+
+Two load shapes: :func:`run_concurrently` (every thread's first call released at once: a burst)
+and :func:`poll_each` (one poller per transaction, one status request a second, the first at a
+random moment of the first second: clients following an export until it ends).
 """
 
 from __future__ import annotations
 
 import math
+import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -68,7 +73,61 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def latency_summary(timed: Sequence[Timed]) -> dict[str, Any]:
-    seconds = [t.seconds for t in timed]
+    return seconds_summary([t.seconds for t in timed])
+
+
+@dataclass(frozen=True)
+class Poll:
+    """One status request of a poller: its transaction, when (s since the pollers started), how long."""
+
+    tx_id: str
+    at: float
+    seconds: float
+    status_code: int
+    state: str | None
+    answered_id: str | None
+
+
+def poll_each(
+    make_client: Callable[[], httpx.Client], url: Callable[[str], str], tx_ids: Sequence[str], *,
+    terminal: Callable[[str], bool], period: float = 1.0, at_least: float = 20.0, timeout: float = 3600.0,
+) -> list[Poll]:  # fmt: skip
+    """One thread (and client) per transaction, each polling its own ``url(tx_id)`` every
+    ``period`` s, its first poll at a random moment of the first period, until the transaction is
+    ``terminal`` (by the answer's ``state``) and at least ``at_least`` s have passed (or
+    ``timeout``). A poll that comes late (the previous answer took long) is sent at once, the
+    next keeps the schedule. Every poll, in the order they were sent."""
+    started = time.perf_counter()
+    polls: list[Poll] = []
+    lock = threading.Lock()
+
+    def follow(tx_id: str) -> None:
+        due = random.uniform(0, period)
+        with make_client() as client:
+            while True:
+                delay = started + due - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                sent = time.perf_counter()
+                answer = client.get(url(tx_id))
+                took = time.perf_counter() - sent
+                body = answer.json() if answer.status_code == 200 else {}
+                state = body.get("state")
+                with lock:
+                    polls.append(Poll(tx_id, round(sent - started, 3), took, answer.status_code, state, body.get("id")))
+                elapsed = time.perf_counter() - started
+                done = answer.status_code == 200 and terminal(str(state))
+                if (done and elapsed >= at_least) or elapsed >= timeout:
+                    return
+                # Late (a slow answer)? The next poll goes at once, never a burst of catch-up polls.
+                due = max(due + period, time.perf_counter() - started)
+
+    with ThreadPoolExecutor(len(tx_ids)) as pool:
+        list(pool.map(follow, tx_ids))
+    return sorted(polls, key=lambda poll: poll.at)
+
+
+def seconds_summary(seconds: Sequence[float]) -> dict[str, Any]:
     return {
         "n": len(seconds),
         "p50_ms": round(percentile(seconds, 50) * 1000, 1),
