@@ -64,7 +64,8 @@ def test_from_the_form_to_a_verified_file(
     assert page.locator("#f-definition-help").inner_text().startswith("Orders of the demo shop")
     assert page.locator("#p-status option").all_inner_texts()[:3] == ["(any)", "pending", "paid"]
     assert page.locator("#p-since").get_attribute("type") == "date"
-    assert "few large batches are fastest" in page.locator("#new-export").inner_text()
+    assert "Empty: automatic — one batch per batch slot" in page.locator("#new-export").inner_text()
+    assert page.locator("#f-batch_size").get_attribute("placeholder") == "automatic"
     assert page.locator("#f-notify_delay_minutes").is_disabled()  # no e-mail, no delay to give
 
     # A mistake, typed: refused on the form, next to its field, before any run exists.
@@ -76,7 +77,7 @@ def test_from_the_form_to_a_verified_file(
     page.click("#f-submit")
     page.locator('.field-error[data-field="batch_size"]').filter(has_text="1,000 to 5,000,000").wait_for(timeout=15_000)
     assert analysts() == before
-    # Half a number ("1e") on screen is not sent as "no value" (which would mean the default).
+    # Half a number ("1e") on screen is not sent as "no value" (which would mean automatic).
     _type(page, "#f-batch_size", "1e")
     page.click("#f-submit")
     page.locator('.field-error[data-field="batch_size"]').filter(has_text="not a number as typed").wait_for(
