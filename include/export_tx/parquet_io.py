@@ -44,6 +44,8 @@ def write_parquet(
     """Write record batches as row groups of ~``row_group_rows``; return the rows written.
 
     Memory is bounded by one row group: fetched batches are buffered only until a group is full.
+    Each buffer becomes exactly one row group (never a full group plus the few rows the last fetched
+    batch brought over it): a part of only big groups is then merged by a byte copy.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -56,11 +58,11 @@ def write_parquet(
             buffered.append(batch)
             buffered_rows += batch.num_rows
             if buffered_rows >= row_group_rows:
-                writer.write_table(pa.Table.from_batches(buffered, schema), row_group_size=row_group_rows)
+                writer.write_table(pa.Table.from_batches(buffered, schema), row_group_size=buffered_rows)
                 rows += buffered_rows
                 buffered, buffered_rows = [], 0
         if buffered:
-            writer.write_table(pa.Table.from_batches(buffered, schema), row_group_size=row_group_rows)
+            writer.write_table(pa.Table.from_batches(buffered, schema), row_group_size=max(buffered_rows, 1))
             rows += buffered_rows
     return rows
 

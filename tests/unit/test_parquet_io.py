@@ -49,8 +49,9 @@ def test_write_buffers_into_row_groups() -> None:
     batches = [pa.record_batch([pa.array(range(i, i + 100), pa.int64()), pa.array([None] * 100, pa.decimal128(12, 2))],
                                schema=SCHEMA) for i in range(0, 1000, 100)]  # fmt: skip
     buf = io.BytesIO()
-    assert write_parquet(buf, SCHEMA, batches, row_group_rows=300) == 1000
+    assert write_parquet(buf, SCHEMA, batches, row_group_rows=250) == 1000
     meta = pq.ParquetFile(io.BytesIO(buf.getvalue())).metadata
+    # Each buffer is one group: 300 rows (three fetched batches reached 250), never 250 plus 50.
     assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [300, 300, 300, 100]
 
 
