@@ -153,4 +153,21 @@ def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
 def empty_batch(schema: pa.Schema) -> pa.RecordBatch:
     import pyarrow as pa
 
-    return pa.RecordBatch.from_arrays([pa.array([], f.type) for f in schema], schema=schema)
+    return pa.RecordBatch.from_arrays([empty_array(f.type) for f in schema], schema=schema)
+
+
+def empty_array(t: pa.DataType) -> pa.Array:
+    """A zero-length array of ``t``, built from buffers: ``pa.array([], t)`` makes pyarrow import
+    pandas (0.4 s of a planning task) to ask whether ``[]`` is a pandas object."""
+    import pyarrow as pa
+
+    if isinstance(t, pa.BaseExtensionType):
+        return pa.ExtensionArray.from_storage(t, empty_array(t.storage_type))
+    if pa.types.is_dictionary(t) or pa.types.is_union(t) or t.num_buffers == 0:
+        return pa.array([], t)  # rare here: the plain way
+    children = [empty_array(t.field(i).type) for i in range(t.num_fields)]
+    # Validity needs no buffer; an offsets buffer needs its one leading zero; data may be empty.
+    buffers = [None] + [pa.py_buffer(bytes(8)) for _ in range(t.num_buffers - 1)]
+    array = pa.Array.from_buffers(t, 0, buffers, children=children or None)
+    array.validate(full=True)
+    return array

@@ -192,3 +192,20 @@ def test_merge_parts_equals_the_concatenation_whatever_the_part_sizes(sizes: lis
     merged = pq.read_table(io.BytesIO(out.buffer.getvalue()))
     assert merged.column("id").to_pylist() == list(range(sum(sizes)))
     assert merged.column("amount").to_pylist() == [Decimal("1.50")] * sum(sizes)
+
+
+@pytest.mark.parametrize(
+    "t",
+    [pa.int8(), pa.int64(), pa.bool_(), pa.float64(), pa.decimal128(12, 2), pa.decimal256(60, 3), pa.string(),
+     pa.large_string(), pa.binary(), pa.large_binary(), pa.binary(16), pa.date32(), pa.timestamp("us", tz="UTC"),
+     pa.time64("us"), pa.duration("us"), pa.month_day_nano_interval(), pa.list_(pa.int32()),
+     pa.large_list(pa.string()), pa.list_(pa.list_(pa.string())), pa.struct([("m", pa.int32()), ("d", pa.int32())]),
+     pa.map_(pa.string(), pa.int64()), pa.null(), pa.uuid(), pa.json_(), pa.dictionary(pa.int32(), pa.string())],
+    ids=str,
+)  # fmt: skip
+def test_an_empty_array_built_from_buffers_equals_pyarrows_own(t: pa.DataType) -> None:
+    from export_tx.conversions import empty_array
+
+    built = empty_array(t)
+    built.validate(full=True)
+    assert built.type == t and built.equals(pa.array([], t))
