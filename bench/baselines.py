@@ -82,33 +82,16 @@ def run_naive(out: Path, dsn: str) -> tuple[int, dict[str, Any]]:
 
 
 def write_conformed(out: Path, batches: Iterable[Any]) -> int:
-    """Conform and mask every batch as the product does; write them in ~ROW_GROUP_ROWS row groups."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    """Conform and mask every batch as the product does; write them with the product's writer."""
     from export_tx.conversions import conform
     from export_tx.definitions.orders import mask_email
-    from export_tx.parquet_io import COMPRESSION
-    from export_tx.settings import ROW_GROUP_ROWS
+    from export_tx.parquet_io import write_parquet
 
     schema = orders_schema()
-    rows = 0
-    buffered: list[pa.RecordBatch] = []
-    buffered_rows = 0
-    with pq.ParquetWriter(out, schema, compression=COMPRESSION) as writer:
-        for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            buffered.append(mask_email(conform(batch, schema)))
-            buffered_rows += batch.num_rows
-            if buffered_rows >= ROW_GROUP_ROWS:
-                writer.write_table(pa.Table.from_batches(buffered, schema), row_group_size=ROW_GROUP_ROWS)
-                rows += buffered_rows
-                buffered, buffered_rows = [], 0
-        if buffered:
-            writer.write_table(pa.Table.from_batches(buffered, schema), row_group_size=ROW_GROUP_ROWS)
-            rows += buffered_rows
-    return rows
+    # The product's own writer: the same row groups and compression, so only the reading differs.
+    conformed = (mask_email(conform(batch, schema)) for batch in batches if batch.num_rows)
+    with out.open("wb") as sink:
+        return write_parquet(sink, schema, conformed)
 
 
 def run_adbc(out: Path, dsn: str) -> tuple[int, dict[str, Any]]:

@@ -74,3 +74,13 @@ def file_sha256(path: Path) -> str:
 
 def store() -> HeaderStore:
     return HeaderStore.from_settings()
+
+
+class FakeUser:
+    """The user an app test authenticates as (Airflow's user: a name and a role)."""
+
+    def __init__(self, name: str, role: str) -> None:
+        self.name, self.role = name, role
+
+    def get_name(self) -> str:
+        return self.name

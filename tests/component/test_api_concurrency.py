@@ -23,18 +23,7 @@ from export_tx.api import airflow_side, batching
 from export_tx.api import app as api
 from export_tx.states import State
 from export_tx.store import HeaderStore, NewHeader
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> HeaderStore:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'store.db'}"
-    else:
-        dsn: str = request.getfixturevalue("pg_database")
-        url = "postgresql+psycopg://" + dsn.split("://", 1)[1]
-    s = HeaderStore(url)
-    s.ensure_schema()
-    return s
+from tests.helpers import FakeUser
 
 
 def _new(tx_id: str, who: str = "ana", key: str | None = None) -> NewHeader:
@@ -179,14 +168,6 @@ def test_runs_of_a_burst_are_created_once_its_requests_are_answered() -> None:
         starter.leave()
 
 
-class _User:
-    def __init__(self, name: str, role: str) -> None:
-        self.name, self.role = name, role
-
-    def get_name(self) -> str:
-        return self.name
-
-
 @pytest.fixture
 def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, demo_db: Path) -> Iterator[Any]:
     from airflow.api_fastapi.core_api.security import get_user
@@ -196,7 +177,7 @@ def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, demo_db: Path) -> It
     app = api.app
     for dep in (api.CanRead, api.CanRequest, api.CanCancel):
         app.dependency_overrides[dep.dependency] = lambda: None
-    app.dependency_overrides[get_user] = lambda: _User("ana", "USER")
+    app.dependency_overrides[get_user] = lambda: FakeUser("ana", "USER")
     app.dependency_overrides[api.get_store] = lambda: store
     monkeypatch.setattr(airflow_side, "starter", airflow_side.RunStarter())
     try:

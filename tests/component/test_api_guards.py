@@ -19,14 +19,7 @@ from fastapi.testclient import TestClient
 from export_tx.api import airflow_side
 from export_tx.api import app as api
 from export_tx.store import HeaderStore
-
-
-class _User:
-    def __init__(self, name: str, role: str) -> None:
-        self.name, self.role = name, role
-
-    def get_name(self) -> str:
-        return self.name
+from tests.helpers import FakeUser
 
 
 @pytest.fixture
@@ -35,7 +28,7 @@ def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, demo_db: Path) -> It
 
     store = HeaderStore(f"sqlite:///{tmp_path / 'store.db'}")
     store.ensure_schema()
-    who = {"user": _User("ana", "USER")}
+    who = {"user": FakeUser("ana", "USER")}
     triggered: list[str] = []
     monkeypatch.setattr(airflow_side, "trigger_run", lambda tx_id, conf, user: triggered.append(tx_id))
     app = api.app
@@ -167,7 +160,7 @@ def test_requesters_see_download_links_and_admins_storage(client: Any) -> None:
     mine = client.get("/v1/transactions/done").json()["result"]
     assert mine["uri"] == "/exports/v1/transactions/done/download" and mine["storage_uri"] is None
     assert "secret_conn" not in client.get("/v1/transactions").text
-    client.who["user"] = _User("root", "ADMIN")
+    client.who["user"] = FakeUser("root", "ADMIN")
     assert client.get("/v1/transactions/done").json()["result"]["storage_uri"].startswith("s3://secret_conn@")
 
 

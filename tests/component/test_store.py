@@ -12,19 +12,6 @@ from export_tx.states import IllegalTransition, State
 from export_tx.store import HeaderStore, NotFound, PlannedBatch
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> HeaderStore:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'store.db'}"
-    else:
-        dsn: str = request.getfixturevalue("pg_database")
-        url = "postgresql+psycopg://" + dsn.split("://", 1)[1]
-    s = HeaderStore(url)
-    s.ensure_schema()
-    s.ensure_schema()  # idempotent
-    return s
-
-
 def _new(store: HeaderStore, **kw: object) -> str:
     tx = f"tx-{uuid.uuid4().hex}"
     header, created = store.create(
