@@ -30,7 +30,7 @@ from bench.probe import (
     stop_stack,
     task_instances,
 )
-from bench.task_memory import merge_window, task_memory
+from bench.task_memory import merge_window, reported_batch_peaks, task_memory
 
 DAG_ID = "export_transaction"
 PRODUCT_TIMEOUT_S = 3600.0
@@ -205,6 +205,7 @@ def big_export(stack: Any, store: Any, sampler: StackSampler, source: Source, ba
             [b.batch_no for b in batches],
             [int(b.rows or 0) for b in batches],
             merge_window(events),
+            reported_batch_peaks(events),
         ),  # fmt: skip
     }
     return Result("product", wall, int(header.result_rows), int(header.result_bytes or 0), sampler.peak_total, details)

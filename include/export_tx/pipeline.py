@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from export_tx import registry, storage
+from export_tx import memory, registry, storage
 from export_tx.errors import FieldError, IntegrityError, RequestInvalid, TransactionClosed
 from export_tx.parquet_io import merge_parts, processed, write_parquet
 from export_tx.planning import SchemaPlan, batch_sql, plan_export
@@ -162,7 +162,13 @@ def export_batch(store: HeaderStore, tx_id: str, batch_no: int) -> BatchResult:
             sink.close()
     duration = time.monotonic() - started
     recorded = store.record_batch(
-        tx_id, batch_no, rows=rows, nbytes=sink.bytes, part_uri=str(target), duration_s=duration
+        tx_id,
+        batch_no,
+        rows=rows,
+        nbytes=sink.bytes,
+        part_uri=str(target),
+        duration_s=duration,
+        peak_rss_bytes=memory.peak_rss(),
     )
     if recorded is None:
         # Cancelled while this batch ran: its part would outlive the cleanup.
@@ -236,6 +242,10 @@ def merge(store: HeaderStore, tx_id: str) -> MergeResult:
     tmp = storage.temp_result_path(tx_id, definition.name)
     final = storage.result_path(tx_id, definition.name)
     tmp.parent.mkdir(parents=True, exist_ok=True)
+    # In the last batch's process the batch's row-group buffers are still held by the allocator:
+    # give them back, and count the merge's own peak from here.
+    memory.release()
+    measured = memory.reset_peak()
     started = time.monotonic()
     with tmp.open("wb") as raw:
         sink = storage.HashingWriter(raw)
@@ -250,12 +260,13 @@ def merge(store: HeaderStore, tx_id: str) -> MergeResult:
         )
     storage.publish(tmp, final)
     finished = utcnow()
+    peak = memory.peak_rss() if measured else None
     try:
         store.transition(
             tx_id,
             State.SUCCEEDED,
             f"{expected:,} rows, {sink.bytes:,} bytes published in {time.monotonic() - started:.2f} s",
-            data={"rows": expected, "bytes": sink.bytes, "sha256": sink.sha256},
+            data={"rows": expected, "bytes": sink.bytes, "sha256": sink.sha256, "peak_rss_bytes": peak},
             result_uri=str(final),
             result_rows=expected,
             result_bytes=sink.bytes,

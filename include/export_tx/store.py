@@ -715,12 +715,20 @@ class HeaderStore:
             )
 
     def record_batch(
-        self, tx_id: str, batch_no: int, *, rows: int, nbytes: int, part_uri: str, duration_s: float
+        self,
+        tx_id: str,
+        batch_no: int,
+        *,
+        rows: int,
+        nbytes: int,
+        part_uri: str,
+        duration_s: float,
+        peak_rss_bytes: int | None = None,
     ) -> bool | None:
-        """Mark a batch done with its rows. Idempotent: the header's counters are derived from
-        the batch rows, so recording batch N twice counts it once. Returns True the first time,
-        False on a repeat, and None — recording nothing — once the transaction has ended (its log
-        gets nothing after its terminal state)."""
+        """Mark a batch done with its rows (and, for the log, its task's peak RSS). Idempotent: the
+        header's counters are derived from the batch rows, so recording batch N twice counts it once.
+        Returns True the first time, False on a repeat, and None — recording nothing — once the
+        transaction has ended (its log gets nothing after its terminal state)."""
         with self._tx() as conn:
             # Lock the header first: the counters below are then computed from a snapshot taken
             # after every concurrent batch's commit (PostgreSQL READ COMMITTED), never a stale one.
@@ -757,7 +765,13 @@ class HeaderStore:
                 tx_id,
                 "batch",
                 f"batch {batch_no} {verb}: {rows:,} rows in {duration_s:.2f} s",
-                {"batch_no": batch_no, "rows": rows, "bytes": nbytes, "duration_s": round(duration_s, 3)},
+                {
+                    "batch_no": batch_no,
+                    "rows": rows,
+                    "bytes": nbytes,
+                    "duration_s": round(duration_s, 3),
+                    "peak_rss_bytes": peak_rss_bytes,
+                },
             )
             return first
 

@@ -59,9 +59,17 @@ def test_demo_export_equals_the_source(demo_db: Path) -> None:
         "type": "timestamp[us]",
         "note": "ISO text read as a timestamp",
     }
-    kinds = [e.kind for e in store().events(run.run_id)]
+    events = store().events(run.run_id)
+    kinds = [e.kind for e in events]
     assert kinds[:3] == ["state", "state", "plan"] and kinds.count("batch") == header.batches_total
     assert kinds[-2:] == ["state", "cleanup"]
+    # Each batch and the merge report their process' peak memory (the kernel's high-water mark);
+    # the merge's is counted from its own start, after the batch's buffers were given back.
+    batch_peaks = [(e.data or {})["peak_rss_bytes"] for e in events if e.kind == "batch"]
+    assert len(batch_peaks) == header.batches_total and all(p > 50 * 2**20 for p in batch_peaks)
+    assert events[-2].message.startswith(f"SUCCEEDED: {len(source):,} rows")
+    merge_peak = (events[-2].data or {})["peak_rss_bytes"]
+    assert merge_peak > 50 * 2**20  # a Python process with Arrow loaded
 
 
 def test_zero_rows_give_a_valid_empty_file() -> None:
