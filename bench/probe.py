@@ -163,16 +163,22 @@ def task_instances(client: Any, dag_id: str, run_id: str) -> dict[str, dict[str,
             return found
 
 
-def other_airflow_processes(exclude: Collection[int] = frozenset(), stack_home: Path | None = None) -> list[str]:
+def other_airflow_processes(
+    exclude: Collection[int] = frozenset(), stack_home: Path | None = None, groups: Collection[int] = frozenset()
+) -> list[str]:
     """Airflow processes on this machine that are not ours (someone else's stack disturbs the
-    figures): not in ``exclude`` and, given ``stack_home``, not marked as that stack's
-    (``EXPORT_TX_STACK_HOME`` in their environment, which every process of an AirflowStack has)."""
+    figures): not in ``exclude``, not in the process groups ``groups`` (a stack's leaders each lead
+    one) and, given ``stack_home``, not marked as that stack's (``EXPORT_TX_STACK_HOME`` in their
+    environment; a process that retitles itself, as Airflow's do, may have overwritten it)."""
     import psutil
 
     mark = f"EXPORT_TX_STACK_HOME={stack_home}".encode() if stack_home else None
     found = []
     for proc in psutil.process_iter(["pid", "cmdline", "status"]):
         if proc.info["pid"] in exclude:
+            continue
+        stat = proc_stat(proc.info["pid"]) if groups else None
+        if stat is not None and stat.pgrp in groups:
             continue
         title = " ".join(proc.info["cmdline"] or [])
         if proc.info["status"] == psutil.STATUS_ZOMBIE or not ("airflow " in title or "bin/airflow" in title):

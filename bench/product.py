@@ -120,9 +120,10 @@ def run_product(source: Source, options: ProductOptions) -> Result:
 
 def watched(stack: Any, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """``measure()``'s figures, with the other Airflow processes running before or after it."""
-    before = other_airflow_processes(stack_home=stack.home)
+    groups = set(stack.running_pids().values())
+    before = other_airflow_processes(stack_home=stack.home, groups=groups)
     figures = measure()
-    others = sorted({*before, *other_airflow_processes(stack_home=stack.home)})
+    others = sorted({*before, *other_airflow_processes(stack_home=stack.home, groups=groups)})
     if others:
         note(f"WARNING: {len(others)} other Airflow processes ran around this measurement; it may be disturbed")
     return {**figures, "other_airflow_processes": others}
@@ -173,7 +174,7 @@ def big_export(stack: Any, store: Any, sampler: StackSampler, source: Source, ba
         tis = task_instances(client, DAG_ID, run_id)
         if any(proc.ti_id not in tis for proc in sampler.tasks.values()):  # tasks of other runs or DAGs
             tis = {**task_instances(client, "~", "~"), **tis}
-    others_after = other_airflow_processes(set(sampler.seen) | sampler.leaders, stack.home)
+    others_after = other_airflow_processes(set(sampler.seen) | sampler.leaders, stack.home, sampler.leaders)
     check_header(header, source.rows, "the product's export")
     assert header.result_uri is not None
     result_file = Path(header.result_uri.removeprefix("file://"))

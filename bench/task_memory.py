@@ -96,14 +96,20 @@ def merge_figure(proc: TaskProcess, window: MergeWindow, whole: bool) -> tuple[i
     return before, f"at most: the merge did not raise the last batch's task's high-water mark{seen_rss}"
 
 
+#: How far two readings of the same high-water mark may differ (seen: a few hundred kB).
+MARK_JITTER = 4 * 1024 * 1024
+
+
 def marks_after_reset(proc: TaskProcess, window: MergeWindow) -> list[int]:
     """The probe's marks of ``proc`` from the merge's reset of the high-water mark to the merge's
-    end. The reset shows as the first mark lower than one before it (a mark never falls otherwise);
-    marks read between the merge's start and its reset are still the batch's."""
+    end. The reset shows as the first mark clearly lower than one before it (by more than
+    :data:`MARK_JITTER`: the kernel sums per-thread RSS counters lazily, so two readings of an
+    unchanged mark can differ by a little); marks read between the merge's start and its reset are
+    still the batch's."""
     highest, reset = 0, False
     found = []
     for t, _, hwm in proc.timeline:
-        reset = reset or hwm < highest
+        reset = reset or hwm < highest - MARK_JITTER
         highest = max(highest, hwm)
         if reset and window.start <= t <= window.end + SAMPLE_SECONDS:
             found.append(hwm)
