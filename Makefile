@@ -16,15 +16,15 @@ $(STAMP): pyproject.toml constraints.txt
 # `pip install` leaves it, not from source (this machine sets PYTHONDONTWRITEBYTECODE, so nothing
 # would ever be cached and every task would compile what it imports: seconds per task).
 bytecode: $(STAMP)
-	@$(BIN)/python -m compileall -q -j0 include dags plugins bench >/dev/null
+	@$(BIN)/python -m compileall -q -j0 include dags plugins bench devtools >/dev/null
 
 install: $(STAMP)
 
 demo: $(STAMP) bytecode
-	$(BIN)/python -m export_tx.devstack demo
+	$(BIN)/python -m devtools.stack demo
 
 down:
-	@test -x $(BIN)/python && $(BIN)/python -m export_tx.devstack down || echo "nothing to stop"
+	@test -x $(BIN)/python && $(BIN)/python -m devtools.stack down || echo "nothing to stop"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -43,7 +43,7 @@ def source_query() -> str:
     PostgreSQL driver cannot use COPY and materialises the whole result (libpq ``PGresult`` plus
     one Arrow batch) before returning a single batch, which is not the best a single process can do.
     """
-    from export_tx import registry
+    from export_tx.catalog import registry
 
     definition = registry.get(DEFINITION)
     columns = ", ".join(orders_schema().names)
@@ -83,9 +83,9 @@ def run_naive(out: Path, dsn: str) -> tuple[int, dict[str, Any]]:
 
 def write_conformed(out: Path, batches: Iterable[Any]) -> int:
     """Conform and mask every batch as the product does; write them with the product's writer."""
-    from export_tx.conversions import conform
+    from export_tx.columns.conversions import conform
     from export_tx.definitions.orders import mask_email
-    from export_tx.parquet_io import write_parquet
+    from export_tx.formats.parquet import write_parquet
 
     schema = orders_schema()
     # The product's own writer: the same row groups and compression, so only the reading differs.

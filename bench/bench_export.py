@@ -9,7 +9,7 @@ What is measured, per size (every figure of a size comes from the same run, on t
 
 * **Source.** A PostgreSQL table ``orders`` in its own database ``export_tx_bench_<rows>`` on
   127.0.0.1:5432 (user postgres, trust auth), generated server-side by
-  :func:`export_tx.demo.generate_orders_pg`. It is reused when it already holds exactly that many
+  :func:`devtools.demo_data.generate_orders_pg`. It is reused when it already holds exactly that many
   rows; a freshly generated table is VACUUMed so no contender pays for hint bits.
 * **naive** (own subprocess): ``pandas.read_sql`` (SQLAlchemy + psycopg 3) of what the ``orders``
   definition selects with every param unset, e-mails masked with ``Series.str.replace``, then
@@ -119,7 +119,7 @@ def prepare_source(source: Source) -> tuple[bool, float | None]:
     import psycopg
     from psycopg import sql
 
-    from export_tx.demo import generate_orders_pg
+    from devtools.demo_data import generate_orders_pg
 
     with psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True) as conn:
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (source.database,)).fetchone() is None:

@@ -83,7 +83,7 @@ def days_with_rows(dsn: str, count: int) -> list[tuple[date, int]]:
 
 
 def run_one(parallelism: int, exports: int, dsn: str, port: int) -> dict[str, Any]:
-    from export_tx.devstack import AirflowStack
+    from devtools.stack import AirflowStack
     from export_tx.store import HeaderStore
 
     home = Path(tempfile.mkdtemp(prefix=f"bench-capacity-{parallelism}-"))
@@ -168,7 +168,7 @@ def ensure_source(rows: int) -> str:
     import psycopg
     from psycopg import sql
 
-    from export_tx.demo import generate_orders_pg
+    from devtools.demo_data import generate_orders_pg
 
     database = f"export_tx_bench_{rows}"
     dsn = f"{PG_SERVER}/{database}"

@@ -71,7 +71,7 @@ def run_product(source: Source, options: ProductOptions) -> Result:
     import httpx
     import sqlalchemy as sa
 
-    from export_tx.devstack import AirflowStack, StackError
+    from devtools.stack import AirflowStack, StackError
     from export_tx.store import HeaderStore
 
     home = Path(tempfile.mkdtemp(prefix=f"bench-export-airflow-{source.rows}-"))
@@ -255,7 +255,7 @@ def definition_count(conn: Any, params: dict[str, Any]) -> int:
     """Rows the ``orders`` definition's own SQL selects for ``params`` (what an export must hold)."""
     import sqlalchemy as sa
 
-    from export_tx import registry
+    from export_tx.catalog import registry
 
     definition = registry.get(DEFINITION)
     query = sa.text(f"SELECT count(*) FROM ({definition.sql}) AS q")
@@ -279,7 +279,7 @@ def window_counts(conn: Any, since: date, days: int) -> dict[str | None, int]:
     """Rows of ``days`` days from ``since``: in all (key None) and per status."""
     import sqlalchemy as sa
 
-    from export_tx import registry
+    from export_tx.catalog import registry
 
     definition = registry.get(DEFINITION)
     params = {"since": str(since), "until": str(since + timedelta(days=days - 1))}

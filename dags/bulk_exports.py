@@ -16,7 +16,7 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 from airflow.sdk import DAG, get_current_context, task
 
 from export_tx.bulk import BulkExport, load
-from export_tx.settings import DAG_ID
+from export_tx.config import DAG_ID
 
 BULK_FILE = Path(os.environ.get("EXPORT_TX_BULK_EXPORTS", Path(__file__).with_name("bulk_exports.yaml")))
 
@@ -39,8 +39,8 @@ def _build(entry: BulkExport) -> DAG:
         def request_export() -> str:
             from airflow.sdk.exceptions import AirflowFailException
 
-            from export_tx.bulk import BulkRunIdTaken
             from export_tx.bulk import request_export as record
+            from export_tx.errors import BulkRunIdTaken
 
             context: Any = get_current_context()
             moment = context.get("logical_date") or context["dag_run"].run_after

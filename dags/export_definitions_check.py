@@ -9,7 +9,7 @@ an import error of this file naming the definition file and the field.
 
 from __future__ import annotations
 
-from export_tx import registry
+from export_tx.catalog import registry
 from export_tx.errors import DefinitionFileError
 
 _problems = registry.problems()

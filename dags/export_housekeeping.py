@@ -20,7 +20,7 @@ from typing import Any
 
 from airflow.sdk import dag, get_current_context, task
 
-from export_tx.settings import DAG_ID
+from export_tx.config import DAG_ID
 
 # A cron expression or preset; "none" turns the schedule off (trigger it by hand).
 _schedule = os.environ.get("EXPORT_TX_HOUSEKEEPING_SCHEDULE", "*/15 * * * *")

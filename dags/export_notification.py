@@ -17,8 +17,9 @@ from datetime import timedelta
 
 from airflow.sdk import Param, dag
 
-from export_tx.notify import NotifyRequesterOperator, WaitForDownloadOrDelaySensor
-from export_tx.settings import NOTIFICATION_DAG_ID, notification_max_active, retry_delay_seconds
+from export_tx.airflow.operators import NotifyRequesterOperator
+from export_tx.airflow.sensors import WaitForDownloadOrDelaySensor
+from export_tx.config import NOTIFICATION_DAG_ID, notification_max_active, retry_delay_seconds
 
 TX = "{{ params.transaction }}"
 RESEND = "{{ params.resend }}"

@@ -29,65 +29,53 @@ from typing import Any
 
 from airflow.sdk import TriggerRule, dag, get_current_context, task
 
-from export_tx.dag_params import build_params
-from export_tx.notify import RequestNotification
-from export_tx.settings import DAG_ID, NOTIFICATION_DAG_ID, retry_delay_seconds, task_routing
+from export_tx.airflow.operators import RequestNotification
+from export_tx.airflow.params import build_params
+from export_tx.config import DAG_ID, NOTIFICATION_DAG_ID, retry_delay_seconds, task_routing
 
 RETRY_DELAY = timedelta(seconds=retry_delay_seconds())
 ROUTING = task_routing()
 
 
-def _store() -> Any:
-    from export_tx.store import HeaderStore
-
-    return HeaderStore.from_settings()
-
-
 @task(retries=2)
 def begin_transaction() -> str:
     from export_tx import pipeline
-    from export_tx.runtime import reporting, requester, triggered_by
+    from export_tx.airflow.context import requester, transaction_step, triggered_by
 
-    context = get_current_context()
-    run_id, store = context["run_id"], _store()
-    with reporting(store, run_id, "the request", context):
+    with transaction_step("the request") as (store, tx_id):
+        context = get_current_context()
         conf, who = dict(context["params"]), requester(context)
-        header = pipeline.begin(store, run_id, conf, who, triggered_by=triggered_by(context))
+        header = pipeline.begin(store, tx_id, conf, who, triggered_by=triggered_by(context))
     return header.id
 
 
 @task(retries=2)
 def plan_batches() -> list[int]:
     from export_tx import pipeline
-    from export_tx.runtime import reporting
+    from export_tx.airflow.context import transaction_step
 
-    context = get_current_context()
-    run_id, store = context["run_id"], _store()
-    with reporting(store, run_id, "planning", context):
-        return pipeline.plan(store, run_id)
+    with transaction_step("planning") as (store, tx_id):
+        return pipeline.plan(store, tx_id)
 
 
 @task(retries=2, map_index_template="{{ batch_label }}", **ROUTING["batch"])
 def export_batch(batch_no: int) -> dict[str, Any]:
     from export_tx import pipeline
-    from export_tx.runtime import reporting
+    from export_tx.airflow.context import transaction_step
 
-    context = get_current_context()
-    run_id, store = context["run_id"], _store()
-    with reporting(store, run_id, f"batch {batch_no}", context):
-        context["batch_label"] = pipeline.batch_label(store, run_id, batch_no)  # type: ignore[typeddict-unknown-key]
-        return pipeline.export_batch(store, run_id, batch_no).as_xcom()
+    with transaction_step(f"batch {batch_no}") as (store, tx_id):
+        label = pipeline.batch_label(store, tx_id, batch_no)
+        get_current_context()["batch_label"] = label  # type: ignore[typeddict-unknown-key]
+        return pipeline.export_batch(store, tx_id, batch_no).as_xcom()
 
 
 @task(retries=3, trigger_rule=TriggerRule.NONE_FAILED, **ROUTING["merge"])
 def merge_parts() -> dict[str, Any]:
     from export_tx import pipeline
-    from export_tx.runtime import reporting
+    from export_tx.airflow.context import transaction_step
 
-    context = get_current_context()
-    run_id, store = context["run_id"], _store()
-    with reporting(store, run_id, "merging", context):
-        return pipeline.merge(store, run_id).as_xcom()
+    with transaction_step("merging") as (store, tx_id):
+        return pipeline.merge(store, tx_id).as_xcom()
 
 
 @task(retries=3, trigger_rule=TriggerRule.ALL_DONE)
@@ -96,9 +84,9 @@ def finalize_transaction() -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
     from export_tx import pipeline
+    from export_tx.store import HeaderStore
 
-    context = get_current_context()
-    outcome = pipeline.finalize(_store(), context["run_id"])
+    outcome = pipeline.finalize(HeaderStore.from_settings(), get_current_context()["run_id"])
     if outcome.succeeded:
         return  # success, not a skip: a good export's graph is green all through
     raise AirflowFailException(outcome.message)

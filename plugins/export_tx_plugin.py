@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
-from export_tx import listener
+from export_tx.airflow import listeners as header_listener
 from export_tx.api.app import app
 
 
@@ -24,4 +24,4 @@ class ExportTransactionsPlugin(AirflowPlugin):
             "url_route": "export-of-run",
         },
     ]
-    listeners = [listener]
+    listeners = [header_listener]

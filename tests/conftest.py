@@ -62,7 +62,7 @@ def session_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def demo_db(session_dir: Path) -> Path:
-    from export_tx.demo import generate_demo_sqlite
+    from devtools.demo_data import generate_demo_sqlite
 
     path = Path(os.environ["EXPORT_TX_DEMO_DB"])
     generate_demo_sqlite(path, DEMO_ROWS)
@@ -88,7 +88,7 @@ def pg_database() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def pg_orders(pg_database: str) -> str:
     """The ``orders`` source table in PostgreSQL, reachable as Airflow connection export_source_pg."""
-    from export_tx.demo import generate_orders_pg
+    from devtools.demo_data import generate_orders_pg
 
     generate_orders_pg(pg_database, 30_000, "orders")
     os.environ["AIRFLOW_CONN_EXPORT_SOURCE_PG"] = pg_database

@@ -76,7 +76,7 @@ def orders_source(prefix: str, rows: int) -> Iterator[Source]:
     """A fresh database holding ``orders`` (``rows`` rows) and its facts, dropped afterwards."""
     import psycopg
 
-    from export_tx.demo import generate_orders_pg
+    from devtools.demo_data import generate_orders_pg
 
     with fresh_database(prefix) as dsn:
         generate_orders_pg(dsn, rows, "orders")

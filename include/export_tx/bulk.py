@@ -28,16 +28,12 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from export_tx.errors import RequestInvalid
+from export_tx.config import BULK_RUN_PREFIX
+from export_tx.errors import BulkExportsInvalid, BulkRunIdTaken, RequestInvalid
 from export_tx.request import ExportRequest, parse_request
-from export_tx.settings import BULK_RUN_PREFIX
 
 ENTRY_FIELDS = {"name", "schedule", "start_date", "catchup", "owner", "description", "paused"}
 _NAME = re.compile(r"^[a-z0-9_]+$")
-
-
-class BulkExportsInvalid(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -118,7 +114,7 @@ def load(path: Path) -> list[BulkExport]:
 
 def request_export(entry: BulkExport, tx_id: str) -> str:
     """Record the header of this interval's transaction (idempotent); return its id."""
-    from export_tx.settings import DAG_ID
+    from export_tx.config import DAG_ID
     from export_tx.store import HeaderStore
 
     store = HeaderStore.from_settings()
@@ -133,7 +129,3 @@ def request_export(entry: BulkExport, tx_id: str) -> str:
             "this interval's export did not run (ids starting with bulk__ are reserved)"
         )
     return header.id
-
-
-class BulkRunIdTaken(Exception):
-    """A bulk export's run id was used by another run."""

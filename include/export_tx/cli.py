@@ -18,12 +18,14 @@ from urllib.parse import quote
 
 import httpx
 
-from export_tx import settings
+from export_tx import config
+from export_tx.errors import CliError
+from export_tx.states import ACTIVE as ACTIVE_STATES
 from export_tx.states import State
 from export_tx.storage import human_size
 
 API = "/exports/v1"
-ACTIVE = ("REQUESTED", "RUNNING", "MERGING")
+ACTIVE = tuple(s.value for s in State if s in ACTIVE_STATES)
 #: ``pipeline.PREVIEW_ROWS_MAX``, not imported: the pipeline loads the database drivers (~0.4 s per command).
 PREVIEW_ROWS_MAX = 100
 #: The exit status of a process that SIGPIPE ended (128 + 13), as ``yes | head`` leaves it.
@@ -48,13 +50,9 @@ environment:
 """
 
 
-class CliError(Exception):
-    pass
-
-
 def _password_from_airflow_home(user: str) -> str | None:
     """Dev convenience: the simple auth manager's generated passwords file."""
-    home = Path(os.environ.get("AIRFLOW_HOME", Path.home() / "airflow"))
+    home = config.airflow_home()
     path = home / "simple_auth_manager_passwords.json.generated"
     if path.exists():
         return json.loads(path.read_text()).get(user)
@@ -62,11 +60,12 @@ def _password_from_airflow_home(user: str) -> str | None:
 
 
 def connect(base_url: str | None = None) -> httpx.Client:
-    base = (base_url or os.environ.get("EXPORT_TX_URL") or "http://localhost:8080").rstrip("/")
-    token = os.environ.get("EXPORT_TX_TOKEN")
+    client = config.ClientSettings.from_env()
+    base = (base_url or client.url).rstrip("/")
+    token = client.token
     if not token:
-        user = os.environ.get("EXPORT_TX_USER", "admin")
-        password = os.environ.get("EXPORT_TX_PASSWORD") or _password_from_airflow_home(user)
+        user = client.user
+        password = client.password or _password_from_airflow_home(user)
         if not password:
             raise CliError("set EXPORT_TX_TOKEN, or EXPORT_TX_USER and EXPORT_TX_PASSWORD")
         answer = httpx.post(f"{base}/auth/token", json={"username": user, "password": password}, timeout=30)
@@ -230,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, summary: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=summary, description=summary + ".")
 
-    batch_range = f"{settings.BATCH_SIZE_MIN:,} to {settings.BATCH_SIZE_MAX:,}, default automatic"
+    batch_range = f"{config.BATCH_SIZE_MIN:,} to {config.BATCH_SIZE_MAX:,}, default automatic"
     param_help = (
         "a parameter of the definition, as NAME=VALUE; repeat it for each parameter. A number, true, false or "
         "null is sent as such, anything else as text; 'export-tx definitions' lists each definition's parameters"
@@ -250,8 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     req.add_argument(
         "--notify-delay", type=float, metavar="MINUTES",
-        help=f"minutes to wait after the file is ready before e-mailing, 0 to {settings.NOTIFY_DELAY_MAX:,} "
-        f"(7 days), fractions allowed, default {settings.NOTIFY_DELAY_DEFAULT}; a download before then skips the "
+        help=f"minutes to wait after the file is ready before e-mailing, 0 to {config.NOTIFY_DELAY_MAX:,} "
+        f"(7 days), fractions allowed, default {config.NOTIFY_DELAY_DEFAULT}; a download before then skips the "
         "e-mail",
     )  # fmt: skip
     req.add_argument(

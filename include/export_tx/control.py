@@ -8,8 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from export_tx import storage
-from export_tx.notify import PENDING, SKIPPED
-from export_tx.states import State
+from export_tx.states import NotificationState, State
 from export_tx.store import Header, HeaderStore, utcnow
 
 log = logging.getLogger(__name__)
@@ -39,7 +38,11 @@ def cleanup(store: HeaderStore, header: Header, why: str) -> None:
 def cancel(store: HeaderStore, tx_id: str, actor: str, stop_run: Callable[[str], object]) -> bool:
     """CANCELLED, then stop the Airflow run, then clean up. False if it had already ended."""
     header = store.get(tx_id)
-    extra: dict[str, Any] = {"notification_state": SKIPPED} if header.notification_state == PENDING else {}
+    extra: dict[str, Any] = (
+        {"notification_state": NotificationState.SKIPPED}
+        if header.notification_state == NotificationState.PENDING
+        else {}
+    )
     if not store.fail(tx_id, f"cancelled by {actor}", state=State.CANCELLED, cancelled_by=actor, **extra):
         return False
     try:
@@ -69,7 +72,11 @@ def close_after_run_failed(store: HeaderStore, tx_id: str, manual: bool, clean: 
     header = store.find(tx_id)
     if header is None or header.terminal:
         return False
-    extra: dict[str, Any] = {"notification_state": SKIPPED} if header.notification_state == PENDING else {}
+    extra: dict[str, Any] = (
+        {"notification_state": NotificationState.SKIPPED}
+        if header.notification_state == NotificationState.PENDING
+        else {}
+    )
     if manual:
         changed = store.fail(tx_id, "cancelled in Airflow: the run was marked failed", state=State.CANCELLED,
                              cancelled_by="airflow", **extra)  # fmt: skip

@@ -2,7 +2,7 @@
 
 A data team adds an export by adding one file: a Python module setting
 ``DEFINITION = ExportDefinition(...)`` (for transforms), or a YAML file with the same fields
-(:mod:`export_tx.definition_files`), in ``export_tx/definitions/`` or in a folder named by
+(:mod:`export_tx.catalog.files`), in ``export_tx/definitions/`` or in a folder named by
 ``EXPORT_TX_DEFINITIONS_PATH``. No DAG code changes; the DAG's ``definition`` Param lists every
 registered name.
 
@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from export_tx.errors import FieldError, RequestInvalid, shown
+from export_tx.errors import BadDefinition, FieldError, RequestInvalid, shown
 from export_tx.sources import WRAPPER_PREFIX, Source, check_identifier, placeholders
 
 if TYPE_CHECKING:
@@ -37,14 +37,6 @@ MAX_PARAM_ITEMS = 1_000
 #: The longest any definition may keep a result.
 RETENTION_DAYS_LIMIT = 3650
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,99}$")
-
-
-class BadDefinition(ValueError):
-    """An :class:`ExportDefinition` built with mistakes; ``errors`` names each field."""
-
-    def __init__(self, errors: list[FieldError]) -> None:
-        self.errors = errors
-        super().__init__("; ".join(str(e) for e in errors))
 
 
 @dataclass(frozen=True)
@@ -83,7 +75,7 @@ class ExportDefinition:
         """Every mistake in the definition, each naming its field."""
         import jsonschema
 
-        from export_tx.typemap import check_type_name
+        from export_tx.columns.typemap import check_type_name
 
         found: list[FieldError] = []
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -157,7 +149,7 @@ class ExportDefinition:
 
     def overrides(self) -> dict[str, pa.DataType]:
         """Column name → the type the definition asks for (``columns``, or the older ``schema``)."""
-        from export_tx.typemap import parse_type
+        from export_tx.columns.typemap import parse_type
 
         if self.schema is not None:
             return {f.name: f.type for f in self.schema()}
@@ -203,7 +195,7 @@ class ExportDefinition:
 
     def describe(self) -> dict[str, Any]:
         """What a client sees: name, description, parameter schema, limits, type overrides."""
-        from export_tx.typemap import type_name
+        from export_tx.columns.typemap import type_name
 
         return {
             "name": self.name,

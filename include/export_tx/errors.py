@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from export_tx.states import State
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,11 @@ def capped(errors: list[FieldError]) -> list[FieldError]:
     return [*errors[: MAX_ERRORS - 1], FieldError(errors[MAX_ERRORS - 1].field, f"… and {rest:,} more errors")]
 
 
-class ExportError(Exception):
+class ExportTxError(Exception):
+    """Every error the product raises on purpose (one base: ``except ExportTxError`` catches them all)."""
+
+
+class ExportError(ExportTxError):
     """An export failure whose message is safe and useful to show the requester; never retried."""
 
 
@@ -74,7 +82,7 @@ class DataNotExportable(ExportError):
         super().__init__(f"column {column!r}: {message}")
 
 
-class DefinitionFileError(Exception):
+class DefinitionFileError(ExportTxError):
     """A definition file (Python or YAML) that cannot be loaded; names the file and the field."""
 
     def __init__(self, path: str, field: str | None, message: str) -> None:
@@ -94,6 +102,47 @@ class IntegrityError(ExportError):
 
 class TransactionClosed(ExportError):
     """The transaction already ended (e.g. cancelled): the step has nothing left to do."""
+
+
+class BadDefinition(ExportTxError, ValueError):
+    """An ``ExportDefinition`` built with mistakes; ``errors`` names each field."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(str(e) for e in errors))
+
+
+class Unsupported(ExportTxError):
+    """A source type the product cannot export exactly; the message says what to do instead."""
+
+
+class IllegalTransition(ExportTxError):
+    """A state change the state machine refuses."""
+
+    def __init__(self, current: State, target: State) -> None:
+        super().__init__(f"transaction is {current.value}; it cannot become {target.value}")
+        self.current = current
+        self.target = target
+
+
+class NotFound(ExportTxError, KeyError):
+    """No transaction (or batch) with that id in the header store."""
+
+
+class BulkExportsInvalid(ExportTxError, ValueError):
+    """The scheduled bulk exports file is not valid; the message names the entry and field."""
+
+
+class BulkRunIdTaken(ExportTxError):
+    """A bulk export's run id was used by another run."""
+
+
+class ThriftError(ExportTxError, ValueError):
+    """The bytes are not a well-formed compact-protocol struct (truncated, unknown type, too deep)."""
+
+
+class CliError(ExportTxError):
+    """What the ``export-tx`` client tells its user (no stack trace)."""
 
 
 # -- transient or final ---------------------------------------------------------------------------
@@ -180,3 +229,29 @@ def driver_message(exc: BaseException) -> str:
     line = match.group(1) if match else (text.strip().splitlines() or [""])[0]
     line = re.sub(r"^(INVALID_ARGUMENT|NOT_FOUND|INVALID_DATA|IO|INTERNAL|UNKNOWN): ", "", line)
     return line.strip()[:300]
+
+
+# -- what the requester is told ----------------------------------------------------------------
+
+_CREDENTIALS = re.compile(r"(\w+://)[^/@\s]+@")
+# A server path or storage URI in a driver's message: only its last part is shown.
+_PATHS = re.compile(r"(?:[A-Za-z][\w+.-]*://|(?<![\w.])/)(?:[^\s'\"/]+/)+([^\s'\"/]+)")
+
+
+def user_message(what: str, exc: BaseException, *, retries: bool = True) -> str:
+    """A message safe to show the requester: no stack trace, no credentials; and whether it is
+    worth waiting for a retry."""
+    if isinstance(exc, ExportError):
+        return f"{what}: {exc}"
+    code = sqlstate(exc)
+    if code is not None or str(exc).startswith(("[libpq]", "[SQLite]")):
+        first_line = driver_message(exc) + (f" (SQLSTATE {code})" if code else "")
+    else:
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+    first_line = _PATHS.sub(r"…/\1", _CREDENTIALS.sub(r"\1***@", first_line))[:300]
+    detail = f": {first_line}" if first_line else ""
+    if not retries:
+        return f"{what} failed ({type(exc).__name__}{detail})"
+    if not is_transient(exc):
+        return f"{what} failed ({type(exc).__name__}{detail}); not retried: it would fail the same way again"
+    return f"{what} failed ({type(exc).__name__}{detail}); the Airflow task log has the details"

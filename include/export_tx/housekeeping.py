@@ -15,8 +15,7 @@ from typing import Any
 
 from export_tx import storage
 from export_tx.control import close_after_run_failed, remove_files
-from export_tx.notify import PENDING, SKIPPED
-from export_tx.states import ACTIVE, State
+from export_tx.states import ACTIVE, NotificationState, State
 from export_tx.store import HeaderStore, utcnow
 
 log = logging.getLogger(__name__)
@@ -71,7 +70,11 @@ def reconcile(store: HeaderStore, run_state: RunState, grace: timedelta = timede
         if state in ("queued", "running"):
             continue
         if state is None:
-            extra: dict[str, Any] = {"notification_state": SKIPPED} if header.notification_state == PENDING else {}
+            extra: dict[str, Any] = (
+                {"notification_state": NotificationState.SKIPPED}
+                if header.notification_state == NotificationState.PENDING
+                else {}
+            )
             if header.state == State.REQUESTED:  # accepted, but its run was never created (the api-server stopped)
                 message = (
                     "the export was accepted but never started (its Airflow run was not created); request it again"
@@ -81,7 +84,7 @@ def reconcile(store: HeaderStore, run_state: RunState, grace: timedelta = timede
             changed = store.fail(header.id, message, **extra)
             if changed:
                 remove_files(store.get(header.id))
-        elif state == "failed":
+        elif state == "failed":  # the Airflow run's state
             changed = close_after_run_failed(store, header.id, manual=False)
         else:  # success without a terminal header: the run finished but the export did not
             changed = store.fail(header.id, f"the Airflow run ended {state} without finishing the export; "

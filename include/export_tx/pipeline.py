@@ -14,36 +14,18 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from export_tx import memory, registry, storage
-from export_tx.errors import FieldError, IntegrityError, RequestInvalid, TransactionClosed
-from export_tx.parquet_io import merge_parts, processed, write_parquet
+from export_tx import formats, memory, storage
+from export_tx.catalog import registry
+from export_tx.columns.conversions import processed
+from export_tx.config import BULK_RUN_PREFIX, DAG_ID, get_settings
+from export_tx.errors import FieldError, IllegalTransition, IntegrityError, RequestInvalid, TransactionClosed
 from export_tx.planning import SchemaPlan, batch_sql, plan_export
-from export_tx.request import EMAIL, ExportRequest, parse_request
-from export_tx.settings import BULK_RUN_PREFIX, DAG_ID, NOTIFY_DELAY_DEFAULT, get_settings
+from export_tx.request import ExportRequest, parse_request, salvaged_fields
 from export_tx.sources import stream
-from export_tx.states import IllegalTransition, State
+from export_tx.states import BatchState, State
 from export_tx.store import Header, HeaderStore, utcnow
 
 log = logging.getLogger(__name__)
-
-
-def _raw_header_fields(conf: dict[str, Any]) -> dict[str, Any]:
-    """Best-effort header fields from an invalid conf, so the refusal is recorded somewhere."""
-    batch_size = conf.get("batch_size")
-    delay = conf.get("notify_delay_minutes")
-    email = conf.get("notify_email")
-    return {
-        "definition": str(conf.get("definition"))[:100],
-        "params": conf.get("params") if isinstance(conf.get("params"), dict) else {},
-        "batch_size": batch_size if isinstance(batch_size, int) and not isinstance(batch_size, bool) else 0,
-        # Still tell the requester that (and why) the export was refused.
-        "notify_email": email
-        if isinstance(email, str) and all(EMAIL.match(a.strip()) for a in email.split(","))
-        else None,
-        "notify_delay_minutes": delay
-        if isinstance(delay, int) and not isinstance(delay, bool)
-        else NOTIFY_DELAY_DEFAULT,
-    }
 
 
 def begin(
@@ -70,7 +52,7 @@ def begin(
     if request is not None:
         fields = request.as_conf()
     else:
-        fields = _raw_header_fields(conf)
+        fields = salvaged_fields(conf)
     header, _created = store.create(tx_id, requested_by=requested_by, dag_id=dag_id, **fields)
     if request is None:
         store.fail(tx_id, str(invalid))
@@ -150,7 +132,8 @@ def export_batch(store: HeaderStore, tx_id: str, batch_no: int) -> BatchResult:
     values = {**definition.bind_values(header.params), "export_tx_lo": b.lo}
     if b.hi is not None:
         values["export_tx_hi"] = b.hi
-    target = storage.part_path(tx_id, batch_no)
+    fmt = formats.get()
+    target = storage.part_path(tx_id, batch_no, fmt.suffix)
     target.parent.mkdir(parents=True, exist_ok=True)
     sql = batch_sql(definition, columns, b.hi is not None)
     with stream(definition.source, sql, values, columns.binding) as reader:
@@ -158,7 +141,7 @@ def export_batch(store: HeaderStore, tx_id: str, batch_no: int) -> BatchResult:
         # A fixed name: a retry overwrites the part of an earlier attempt, never adds one.
         with target.open("wb") as raw:
             sink = storage.HashingWriter(raw)
-            rows = write_parquet(sink, schema, batches)
+            rows = fmt.write_part(sink, schema, batches)
             sink.close()
     duration = time.monotonic() - started
     recorded = store.record_batch(
@@ -187,7 +170,7 @@ def _already_published(store: HeaderStore, tx_id: str, batch_no: int) -> BatchRe
     if header.state != State.SUCCEEDED:
         return None
     b = store.batch(tx_id, batch_no)
-    if b.state != "DONE":
+    if b.state != BatchState.DONE:
         return None
     return BatchResult(batch_no, b.rows or 0, b.bytes or 0, b.part_uri or "", b.duration_s or 0.0)
 
@@ -231,7 +214,7 @@ def merge(store: HeaderStore, tx_id: str) -> MergeResult:
     store.transition(tx_id, State.MERGING, "merging the parts")
     definition = registry.get(header.definition)
     plan = store.plan(tx_id)
-    missing = [b.batch_no for b in plan if b.state != "DONE"]
+    missing = [b.batch_no for b in plan if b.state != BatchState.DONE]
     if missing:
         raise IntegrityError(f"batches {missing} have not finished; nothing was published")
     expected = sum(b.rows or 0 for b in plan)
@@ -239,8 +222,9 @@ def merge(store: HeaderStore, tx_id: str) -> MergeResult:
     # The plan's schema, whatever the parts hold: a zero-row result is as fully typed as any.
     schema = columns.output_schema()
 
-    tmp = storage.temp_result_path(tx_id, definition.name)
-    final = storage.result_path(tx_id, definition.name)
+    fmt = formats.get()
+    tmp = storage.temp_result_path(tx_id, definition.name, fmt.suffix)
+    final = storage.result_path(tx_id, definition.name, fmt.suffix)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     # In the last batch's process the batch's row-group buffers are still held by the allocator:
     # give them back, and count the merge's own peak from here.
@@ -249,10 +233,11 @@ def merge(store: HeaderStore, tx_id: str) -> MergeResult:
     started = time.monotonic()
     with tmp.open("wb") as raw:
         sink = storage.HashingWriter(raw)
-        parts = (_open_part(tx_id, b.batch_no) for b in plan)
-        written = merge_parts(sink, schema, parts)
+        parts = (_open_part(tx_id, b.batch_no, fmt.suffix) for b in plan)
+        written = fmt.merge_parts(sink, schema, parts)
         sink.close()
-    file_rows = _file_rows(tmp)
+    with tmp.open("rb") as check:
+        file_rows = fmt.count_rows(check)
     if written != expected or file_rows != expected:
         storage.remove(tmp)
         raise IntegrityError(
@@ -284,18 +269,11 @@ def merge(store: HeaderStore, tx_id: str) -> MergeResult:
     return MergeResult(str(final), expected, sink.bytes, sink.sha256)
 
 
-def _open_part(tx_id: str, batch_no: int) -> Any:
-    path = storage.part_path(tx_id, batch_no)
+def _open_part(tx_id: str, batch_no: int, suffix: str) -> Any:
+    path = storage.part_path(tx_id, batch_no, suffix)
     if not path.exists():
         raise IntegrityError(f"the part of batch {batch_no} is missing from storage; nothing was published")
     return path.open("rb")
-
-
-def _file_rows(path: Any) -> int:
-    import pyarrow.parquet as pq
-
-    with path.open("rb") as f:
-        return int(pq.ParquetFile(f).metadata.num_rows)
 
 
 PREVIEW_ROWS_MAX = 100
@@ -429,7 +407,7 @@ def finalize(store: HeaderStore, tx_id: str) -> Outcome:
         if remove_files(final):
             store.add_event(tx_id, "cleanup", "removed the files of the unfinished export")
     if final.state == State.FAILED:
-        from export_tx.notify import send_failure_email
+        from export_tx.notifications.email import send_failure_email
 
         send_failure_email(store, final)
     return Outcome(False, final.error or f"the export ended {final.state.value}")

@@ -1,7 +1,7 @@
 """Plan an export once: its columns and types from the source, its rows, its batches.
 
 **Types.** The source describes the definition's query (no row is read): each column's type
-decides the file's type (:mod:`export_tx.typemap`); the definition's ``columns`` override
+decides the file's type (:mod:`export_tx.columns.typemap`); the definition's ``columns`` override
 named columns where every value survives the cast. Checks the types need (a ``numeric``
 without precision is sized from its values; NaN, infinity or a multi-dimensional array cannot
 be held exactly) run in the same pass that counts the rows. Any problem refuses the export
@@ -22,22 +22,8 @@ from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
-from export_tx.definition import ExportDefinition
-from export_tx.errors import DataNotExportable, DefinitionInvalid, ExportError, FieldError, TooManyRows
-from export_tx.settings import BATCH_ROWS_AUTO_MIN, BATCH_SIZE_MAX, BATCH_SIZE_MIN
-from export_tx.sources import (
-    Described,
-    PgBinding,
-    PostgresSource,
-    SqliteSource,
-    describe_postgres,
-    describe_sqlite,
-    fetch_all,
-)
-from export_tx.store import PlannedBatch
-from export_tx.typemap import (
+from export_tx.columns.typemap import (
     ColumnSpec,
-    Unsupported,
     decimal_for,
     override_problem,
     pg_column,
@@ -51,6 +37,16 @@ from export_tx.typemap import (
     type_name,
     type_to_text,
 )
+from export_tx.config import BATCH_ROWS_AUTO_MIN, BATCH_SIZE_MAX, BATCH_SIZE_MIN
+from export_tx.definition import ExportDefinition
+from export_tx.errors import DataNotExportable, DefinitionInvalid, ExportError, FieldError, TooManyRows, Unsupported
+from export_tx.sources import (
+    Described,
+    PgBinding,
+    PostgresSource,
+    fetch_all,
+)
+from export_tx.store import PlannedBatch
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -131,10 +127,7 @@ class SchemaPlan:
 def describe(definition: ExportDefinition, values: Mapping[str, Any] | None = None) -> Described:
     """Ask the source what the definition's query returns (nothing is read); on PostgreSQL also
     check that each of ``values`` is a valid value of its placeholder's type."""
-    if isinstance(definition.source, PostgresSource):
-        return describe_postgres(definition.source, definition.name, definition.sql, definition.params, values)
-    assert isinstance(definition.source, SqliteSource)
-    return describe_sqlite(definition.source, definition.name, definition.sql)
+    return definition.source.describe(definition.name, definition.sql, definition.params, values)
 
 
 def _shown(names: Sequence[str], limit: int = 12) -> str:
@@ -557,7 +550,7 @@ def plan_schema(definition: ExportDefinition, params: Mapping[str, Any]) -> tupl
 
 def output_schema(definition: ExportDefinition, schema: pa.Schema) -> pa.Schema:
     """The schema the export's files carry: the source schema after the transform."""
-    from export_tx.conversions import empty_batch
+    from export_tx.columns.conversions import empty_batch
 
     if definition.transform is None:
         return schema

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from export_tx import registry, settings
+from export_tx import config
+from export_tx.catalog import registry
 from export_tx.definition import RETENTION_DAYS_LIMIT
 from export_tx.errors import FieldError, RequestInvalid, shown
 
@@ -14,9 +15,6 @@ EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 #: Recipients of one notification, and the longest address (RFC 5321's path limit less <>).
 MAX_RECIPIENTS = 10
 MAX_ADDRESS_CHARS = 254
-KNOWN_FIELDS = (
-    "definition", "params", "batch_size", "notify_email", "notify_delay_minutes", "retention_days", "label",
-)  # fmt: skip
 #: A requester's own name for an export: one line of text.
 LABEL_MAX_CHARS = 100
 
@@ -26,15 +24,39 @@ class ExportRequest:
     definition: str
     params: dict[str, Any]
     #: None: automatic (one batch per batch slot; see planning.choose_batch_size).
-    batch_size: int | None = settings.BATCH_SIZE_DEFAULT
+    batch_size: int | None = config.BATCH_SIZE_DEFAULT
     notify_email: str | None = None
-    notify_delay_minutes: float = settings.NOTIFY_DELAY_DEFAULT
+    notify_delay_minutes: float = config.NOTIFY_DELAY_DEFAULT
     #: Days the result is kept; None: the definition's own retention.
     retention_days: int | None = None
     label: str | None = None
 
     def as_conf(self) -> dict[str, Any]:
         return asdict(self)
+
+
+#: The run conf's fields: the request's, named once (the DAG's Params, the API's model and the
+#: header's columns carry the same names; tests hold them to these).
+KNOWN_FIELDS = tuple(f.name for f in fields(ExportRequest))
+
+
+def salvaged_fields(conf: dict[str, Any]) -> dict[str, Any]:
+    """Best-effort header fields from an invalid conf, so the refusal is recorded somewhere."""
+    batch_size = conf.get("batch_size")
+    delay = conf.get("notify_delay_minutes")
+    email = conf.get("notify_email")
+    return {
+        "definition": str(conf.get("definition"))[:100],
+        "params": conf.get("params") if isinstance(conf.get("params"), dict) else {},
+        "batch_size": batch_size if isinstance(batch_size, int) and not isinstance(batch_size, bool) else 0,
+        # Still tell the requester that (and why) the export was refused.
+        "notify_email": email
+        if isinstance(email, str) and all(EMAIL.match(a.strip()) for a in email.split(","))
+        else None,
+        "notify_delay_minutes": delay
+        if isinstance(delay, int) and not isinstance(delay, bool)
+        else config.NOTIFY_DELAY_DEFAULT,
+    }
 
 
 def _int_field(
@@ -110,8 +132,8 @@ def parse_batch_size(value: Any) -> int | None:
         except ValueError:
             pass
     errors: list[FieldError] = []
-    size = _int_field({"batch_size": value}, "batch_size", settings.BATCH_SIZE_DEFAULT, settings.BATCH_SIZE_MIN,
-                      settings.BATCH_SIZE_MAX, errors)  # fmt: skip
+    size = _int_field({"batch_size": value}, "batch_size", config.BATCH_SIZE_DEFAULT, config.BATCH_SIZE_MIN,
+                      config.BATCH_SIZE_MAX, errors)  # fmt: skip
     if errors:
         raise RequestInvalid(errors)
     return size
@@ -134,9 +156,9 @@ def parse_request(conf: dict[str, Any] | None) -> ExportRequest:
         definition = registry.get(name)
 
     batch_size = _int_field(
-        conf, "batch_size", settings.BATCH_SIZE_DEFAULT, settings.BATCH_SIZE_MIN, settings.BATCH_SIZE_MAX, errors
+        conf, "batch_size", config.BATCH_SIZE_DEFAULT, config.BATCH_SIZE_MIN, config.BATCH_SIZE_MAX, errors
     )
-    delay = _number_field(conf, "notify_delay_minutes", settings.NOTIFY_DELAY_DEFAULT, 0, settings.NOTIFY_DELAY_MAX,
+    delay = _number_field(conf, "notify_delay_minutes", config.NOTIFY_DELAY_DEFAULT, 0, config.NOTIFY_DELAY_MAX,
                           errors)  # fmt: skip
     email = _email_field(conf.get("notify_email"), errors)
     label = _label_field(conf.get("label"), errors)

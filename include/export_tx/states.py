@@ -1,8 +1,11 @@
-"""The transaction header's state machine: the one place that says which transition is legal."""
+"""The states of a transaction, of its batches and of its notification; the transaction's state
+machine is the one place that says which transition is legal."""
 
 from __future__ import annotations
 
 from enum import StrEnum
+
+from export_tx.errors import IllegalTransition
 
 
 class State(StrEnum):
@@ -13,6 +16,26 @@ class State(StrEnum):
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
     EXPIRED = "EXPIRED"
+
+
+class BatchState(StrEnum):
+    """A batch of the plan: planned until its part is written and its rows recorded."""
+
+    PLANNED = "PLANNED"
+    DONE = "DONE"
+
+
+class NotificationState(StrEnum):
+    """The requester's notification, as the header shows it (``notification_state``)."""
+
+    NOT_REQUESTED = "not_requested"
+    PENDING = "pending"
+    SENT = "sent"
+    #: Not sent: the file was downloaded during the delay.
+    SKIPPED_DOWNLOADED = "skipped_downloaded"
+    #: Not sent: no channel is configured (no mail server), or the export ended without a file.
+    SKIPPED = "skipped"
+    FAILED = "failed"
 
 
 TERMINAL: frozenset[State] = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED, State.EXPIRED})
@@ -30,25 +53,11 @@ _FORWARD: dict[State, frozenset[State]] = {
 }
 
 
-class IllegalTransition(Exception):
-    """A state change the state machine refuses."""
-
-    def __init__(self, current: State, target: State) -> None:
-        super().__init__(f"transaction is {current.value}; it cannot become {target.value}")
-        self.current = current
-        self.target = target
-
-
 def allowed(current: State, target: State) -> bool:
     """Whether ``current → target`` is a legal transition (a repeat of the same state is not)."""
     if target in (State.FAILED, State.CANCELLED):
         return current in ACTIVE
     return target in _FORWARD[current]
-
-
-def sources_of(target: State) -> frozenset[State]:
-    """Every state from which ``target`` may be reached: used for compare-and-set updates."""
-    return frozenset(s for s in State if allowed(s, target))
 
 
 def check(current: State, target: State) -> None:

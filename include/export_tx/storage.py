@@ -7,14 +7,18 @@ and ``{base}/{tx}/result/{definition}.parquet`` (published by an atomic rename).
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from typing import TYPE_CHECKING, Any
 
-from export_tx.settings import get_settings
+from export_tx import config, formats
+from export_tx.config import get_settings
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
+
+
+#: The default format's suffix (a part's or a result's name ends with its format's).
+DEFAULT_SUFFIX = formats.get().suffix
 
 
 def _path(uri: str) -> ObjectStoragePath:
@@ -29,24 +33,25 @@ def tx_folder_name(tx_id: str) -> str:
     return f"{readable}-{hashlib.sha256(tx_id.encode()).hexdigest()[:10]}"
 
 
-def tx_root(tx_id: str, base: str | None = None) -> ObjectStoragePath:
-    return _path(f"{base or get_settings().storage_uri}/{tx_folder_name(tx_id)}")
+def tx_root(tx_id: str) -> ObjectStoragePath:
+    """The transaction's folder: its parts and its result."""
+    return _path(f"{get_settings().storage_uri}/{tx_folder_name(tx_id)}")
 
 
 def parts_dir(tx_id: str) -> ObjectStoragePath:
     return tx_root(tx_id) / "parts"
 
 
-def part_path(tx_id: str, batch_no: int) -> ObjectStoragePath:
-    return parts_dir(tx_id) / f"part-{batch_no:05d}.parquet"
+def part_path(tx_id: str, batch_no: int, suffix: str = DEFAULT_SUFFIX) -> ObjectStoragePath:
+    return parts_dir(tx_id) / f"part-{batch_no:05d}{suffix}"
 
 
-def result_path(tx_id: str, definition: str) -> ObjectStoragePath:
-    return tx_root(tx_id) / "result" / f"{definition}.parquet"
+def result_path(tx_id: str, definition: str, suffix: str = DEFAULT_SUFFIX) -> ObjectStoragePath:
+    return tx_root(tx_id) / "result" / f"{definition}{suffix}"
 
 
-def temp_result_path(tx_id: str, definition: str) -> ObjectStoragePath:
-    return tx_root(tx_id) / "result" / f".{definition}.parquet.tmp"
+def temp_result_path(tx_id: str, definition: str, suffix: str = DEFAULT_SUFFIX) -> ObjectStoragePath:
+    return tx_root(tx_id) / "result" / f".{definition}{suffix}.tmp"
 
 
 def remove_tree(path: ObjectStoragePath) -> bool:
@@ -117,7 +122,7 @@ def local_file(uri: str) -> str | None:
     return uri.removeprefix("file://") if uri.startswith("file://") else None
 
 
-def presigned_url(uri: str, filename: str, expires_in: int = 300) -> str:
+def presigned_url(uri: str, filename: str, media_type: str, expires_in: int = 300) -> str:
     """A short-lived GET URL for an ``s3://[conn_id@]bucket/key`` result."""
     from urllib.parse import urlsplit
 
@@ -132,9 +137,9 @@ def presigned_url(uri: str, filename: str, expires_in: int = 300) -> str:
         "Bucket": bucket,
         "Key": key,
         "ResponseContentDisposition": f'attachment; filename="{filename}"',
-        "ResponseContentType": PARQUET_MEDIA_TYPE,
+        "ResponseContentType": media_type,
     }
-    public = os.environ.get("EXPORT_TX_S3_PUBLIC_ENDPOINT")
+    public = config.s3_public_endpoint()
     if public:
         # The workers reach the object store at one address (e.g. http://minio:9000) and the
         # requester's browser at another: sign for the address the browser will use.
@@ -142,9 +147,6 @@ def presigned_url(uri: str, filename: str, expires_in: int = 300) -> str:
     else:
         client = hook.get_conn()
     return str(client.generate_presigned_url(ClientMethod="get_object", Params=params, ExpiresIn=expires_in))
-
-
-PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
 
 
 def path_of(uri: str) -> ObjectStoragePath:

@@ -21,7 +21,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from export_tx.devstack import AirflowStack
+from devtools.stack import AirflowStack
 from export_tx.store import Header, HeaderStore
 from tests.deploy import S3, Source, fresh_database, moto_s3, orders_source
 from tests.smtp import free_port
@@ -168,7 +168,7 @@ def deployment(session_dir: Path, s3: S3, source: Source, broker: Broker) -> Ite
                 "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://{meta}",
                 "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
                 "AIRFLOW__OPERATORS__DEFAULT_QUEUE": broker.queues["default"],
-                "AIRFLOW__CORE__HOSTNAME_CALLABLE": "export_tx.devstack.hostname",
+                "AIRFLOW__CORE__HOSTNAME_CALLABLE": "devtools.stack.hostname",
                 # A killed worker's running tasks are failed (and retried elsewhere) within seconds ...
                 "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
                 "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",

@@ -43,7 +43,7 @@ REQUIRED_EXPORT_TX = {
 }
 # Modules that run on a user's machine, not in the Airflow components: their variables have no
 # business in the containers' environment.
-CLIENT_MODULES = {"cli.py", "devstack.py"}
+CLIENT_MODULES = {"cli.py"}
 # devstack settings that are specific to one machine running every component on loopback.
 DEVSTACK_ONLY = {"AIRFLOW__API__HOST", "AIRFLOW__API__PORT", "AIRFLOW__API__WORKERS",
                  # only for the embedded SQLite metadata database; compose runs PostgreSQL
@@ -251,7 +251,7 @@ def copied(source: str) -> tuple[int, str]:
 # -- what the code reads ---------------------------------------------------------------------------
 
 _ENV_READ = re.compile(
-    r"""(?:\b_env|os\.environ\.get|os\.getenv)\(\s*["'](EXPORT_TX_\w+)["']|os\.environ\[\s*["'](EXPORT_TX_\w+)["']\s*\]"""
+    r"""(?:\b_env|\b_whole|\b_seconds|os\.environ\.get|os\.getenv)\(\s*["'](EXPORT_TX_\w+)["']|os\.environ\[\s*["'](EXPORT_TX_\w+)["']\s*\]"""
 )
 
 
@@ -267,6 +267,10 @@ def export_tx_reads(*, server_side: bool) -> set[str]:
             continue
         for match in _ENV_READ.finditer(path.read_text()):
             names.add(match.group(1) or match.group(2))
+    if server_side:
+        from export_tx.config import CLIENT_VARIABLES
+
+        names -= CLIENT_VARIABLES
     return names
 
 
@@ -457,7 +461,7 @@ def test_api_server_and_mail_ui_are_published() -> None:
 
 def test_devstack_settings_carry_over_to_the_containers(tmp_path: Path) -> None:
     """devstack.py is the reference for what a component needs: every Airflow setting it makes is set here."""
-    from export_tx.devstack import AirflowStack
+    from devtools.stack import AirflowStack
 
     reference = AirflowStack(tmp_path).env()
     env = resolved_common_env()
@@ -493,11 +497,11 @@ def test_workers_have_their_own_hostnames_and_consume_the_export_queues() -> Non
 
 
 def test_every_queue_the_dag_routes_to_has_a_worker(monkeypatch: pytest.MonkeyPatch) -> None:
-    from export_tx import settings
+    from export_tx import config
 
     for key, value in resolved_common_env().items():
         monkeypatch.setenv(key, value)
-    routed = {kind: route["queue"] for kind, route in settings.task_routing().items()}
+    routed = {kind: route["queue"] for kind, route in config.task_routing().items()}
     assert routed == {"batch": "exports_batches", "merge": "exports_merge"}, routed
     for kind, queue in routed.items():
         consumers = [
@@ -523,8 +527,8 @@ def test_export_tx_variables_in_compose_are_read_by_the_code() -> None:
 
 
 def test_settings_resolve_from_the_compose_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from export_tx import notify
-    from export_tx.settings import get_settings
+    from export_tx.config import get_settings
+    from export_tx.notifications import email
 
     env = resolved_common_env()
     for key, value in env.items():
@@ -534,7 +538,7 @@ def test_settings_resolve_from_the_compose_environment(monkeypatch: pytest.Monke
     assert cfg.storage_uri.startswith("s3://")
     (apiserver,) = services_running("api-server")
     assert cfg.public_base_url == f"http://localhost:{published_ports(services()[apiserver])[8080]}"
-    assert notify.mail_from() == env["EXPORT_TX_MAIL_FROM"] and "@" in notify.mail_from()
+    assert email.mail_from() == env["EXPORT_TX_MAIL_FROM"] and "@" in email.mail_from()
     targets = [str(v).split(":")[1] for v in common().get("volumes") or [] if ":" in str(v)]
     assert any(str(cfg.demo_db_path).startswith(t + "/") for t in targets), "the demo source is not on a shared volume"
 
@@ -586,7 +590,7 @@ def test_s3_storage_connection_points_at_minio(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_smtp_connection_points_at_the_mail_catcher(monkeypatch: pytest.MonkeyPatch) -> None:
-    from export_tx.notify import SMTP_CONN_ID
+    from export_tx.notifications.email import SMTP_CONN_ID
 
     conn = connection(SMTP_CONN_ID, monkeypatch)
     assert conn.conn_type == "smtp"
@@ -599,7 +603,7 @@ def test_smtp_connection_points_at_the_mail_catcher(monkeypatch: pytest.MonkeyPa
 
 def test_every_airflow_conn_variable_is_used_and_points_at_a_service(monkeypatch: pytest.MonkeyPatch) -> None:
     from export_tx.definitions.orders import SOURCE_CONN_ID
-    from export_tx.notify import SMTP_CONN_ID
+    from export_tx.notifications.email import SMTP_CONN_ID
 
     env = resolved_common_env()
     used = {env["EXPORT_TX_STORE_CONN_ID"], str(urlsplit(env["EXPORT_TX_STORAGE_URI"]).username)}

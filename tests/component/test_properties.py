@@ -31,7 +31,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.types.json import Json, Jsonb
 
-from export_tx import pipeline, registry, storage
+from export_tx import pipeline, storage
+from export_tx.catalog import registry
 from export_tx.definition import ExportDefinition
 from export_tx.sources import PostgresSource, SqliteSource
 from export_tx.states import State

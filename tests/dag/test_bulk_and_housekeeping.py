@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from export_tx import storage
-from export_tx.bulk import BulkExportsInvalid, load
+from export_tx.bulk import load
+from export_tx.errors import BulkExportsInvalid
 from export_tx.housekeeping import expire_results, reconcile, remove_leftover_parts
 from export_tx.states import State
 from export_tx.store import HeaderStore, utcnow

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from export_tx import registry
+from export_tx.catalog import registry
 
 REPO = Path(__file__).resolve().parents[2]
 

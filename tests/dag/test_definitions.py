@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from export_tx import registry
+from export_tx.catalog import registry
 from export_tx.definition import ExportDefinition
 from export_tx.planning import plan_export
 from export_tx.sources import PostgresSource

@@ -13,7 +13,8 @@ import psycopg
 import pyarrow.parquet as pq
 import pytest
 
-from export_tx import pipeline, registry, storage
+from export_tx import pipeline, storage
+from export_tx.catalog import registry
 from export_tx.states import State
 from tests.helpers import demo_source_rows, file_sha256, local_path, read_result, run_export, store
 

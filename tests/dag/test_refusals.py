@@ -17,7 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from export_tx import registry, storage
+from export_tx import storage
+from export_tx.catalog import registry
 from export_tx.sources import PostgresSource
 from export_tx.states import State
 from tests.helpers import local_path, run_export, store

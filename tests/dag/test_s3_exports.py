@@ -12,7 +12,7 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
-from export_tx import storage
+from export_tx import formats, storage
 from export_tx.states import State
 from tests.helpers import demo_source_rows, run_export, store
 
@@ -50,7 +50,7 @@ def test_export_to_s3_and_presigned_download(s3_storage: dict[str, str], demo_db
     exported = [tuple(r.values()) for r in table.to_pylist()]
     assert exported == demo_source_rows(demo_db, "status = ?", ("shipped",))
 
-    url = storage.presigned_url(header.result_uri, "demo_orders.parquet", expires_in=60)
+    url = storage.presigned_url(header.result_uri, "demo_orders.parquet", formats.get().media_type, expires_in=60)
     assert url.startswith(s3_storage["endpoint"])
     fetched = httpx.get(url)
     assert fetched.status_code == 200 and hashlib.sha256(fetched.content).hexdigest() == header.result_sha256
@@ -59,7 +59,9 @@ def test_export_to_s3_and_presigned_download(s3_storage: dict[str, str], demo_db
     # Behind a proxy or in docker-compose the browser reaches the store at another address.
     public = f"http://localhost:{s3_storage['port']}"
     monkeypatch.setenv("EXPORT_TX_S3_PUBLIC_ENDPOINT", public)
-    public_url = storage.presigned_url(header.result_uri, "demo_orders.parquet", expires_in=60)
+    public_url = storage.presigned_url(
+        header.result_uri, "demo_orders.parquet", formats.get().media_type, expires_in=60
+    )
     assert public_url.startswith(public + "/")
     assert hashlib.sha256(httpx.get(public_url).content).hexdigest() == header.result_sha256
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from export_tx.definition import ExportDefinition
-from export_tx.demo import ORDER_PARAMS
+from export_tx.definitions._orders_common import ORDER_PARAMS
 from export_tx.sources import SqliteSource
 
 if TYPE_CHECKING:

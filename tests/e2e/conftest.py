@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from export_tx.devstack import AirflowStack
+from devtools.stack import AirflowStack
 from tests.smtp import SmtpServer, free_port
 
 USERS = "admin:admin,analyst:user,viewer:viewer,bob:user"

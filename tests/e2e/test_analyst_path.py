@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from export_tx.devstack import AirflowStack
+from devtools.stack import AirflowStack
 from tests.e2e.conftest import artifact, page_as, terminal, tx_url, wait_status
 
 pytestmark = pytest.mark.stack

@@ -10,8 +10,8 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from export_tx import storage
-from export_tx.devstack import AirflowStack
+from devtools.stack import AirflowStack
+from export_tx import formats, storage
 from tests.e2e.conftest import task_states, terminal, tx_url, wait_status
 from tests.helpers import store
 
@@ -163,7 +163,7 @@ def test_request_poll_download(clients: dict[str, httpx.Client], stack: AirflowS
 
     download = analyst.get(tx_url(tx["id"]) + "/download")
     assert download.status_code == 200
-    assert download.headers["content-type"] == storage.PARQUET_MEDIA_TYPE
+    assert download.headers["content-type"] == formats.get().media_type == "application/vnd.apache.parquet"
     assert 'filename="demo_orders-' in download.headers["content-disposition"]
     assert len(download.content) == final["result"]["bytes"]
     assert hashlib.sha256(download.content).hexdigest() == final["result"]["sha256"]

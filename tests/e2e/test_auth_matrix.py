@@ -16,7 +16,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from export_tx.devstack import AirflowStack
+from devtools.stack import AirflowStack
 from tests.e2e.conftest import terminal, tx_url, wait_status
 
 pytestmark = pytest.mark.stack

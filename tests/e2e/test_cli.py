@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from export_tx.devstack import AirflowStack
+from devtools.stack import AirflowStack
 from tests.helpers import demo_source_rows, read_result, store
 
 pytestmark = pytest.mark.stack

@@ -1,4 +1,4 @@
-"""``make demo`` as a new user runs it (``python -m export_tx.devstack demo``, in a folder of its
+"""``make demo`` as a new user runs it (``python -m devtools.stack demo``, in a folder of its
 own): the demo's export succeeds for the analyst, its e-mail lands in the mail catcher, ``orders``
 works on the local PostgreSQL, the printed ``analyst.env`` makes ``export-tx`` work, and ``down``
 leaves nothing running."""
@@ -32,7 +32,7 @@ def test_make_demo_from_nothing(tmp_path: Path) -> None:
             "DEMO_ROWS": "20000",
         }
     )
-    demo = [sys.executable, "-m", "export_tx.devstack"]
+    demo = [sys.executable, "-m", "devtools.stack"]
     try:
         run = subprocess.run([*demo, "demo"], env=env, capture_output=True, text=True, timeout=600)
         out = run.stdout
@@ -58,7 +58,7 @@ def test_make_demo_from_nothing(tmp_path: Path) -> None:
     finally:
         down = subprocess.run([*demo, "down"], env=env, capture_output=True, text=True, timeout=120)
         assert down.returncode == 0, down.stderr
-    from export_tx.devstack import _processes_with_env
+    from devtools.stack import _processes_with_env
 
     # Every process of the demo stack (the mail catcher too) carries its home in its environment.
     assert _processes_with_env({f"EXPORT_TX_STACK_HOME={home}".encode()}) == [], "the demo outlived down"

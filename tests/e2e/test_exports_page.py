@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from export_tx.devstack import AirflowStack
+from devtools.stack import AirflowStack
 from tests.e2e.conftest import artifact, page_as, terminal, wait_status
 
 pytestmark = pytest.mark.stack
@@ -64,7 +64,7 @@ def test_the_page_is_in_the_airflow_navigation(clients: dict[str, httpx.Client])
     ours = next(p for p in plugins if p["name"] == "export_transactions")
     assert ours["external_views"][0]["href"] == "/exports/ui"
     assert ours["fastapi_apps"][0]["url_prefix"] == "/exports"
-    assert ours["listeners"] == ["export_tx.listener"]
+    assert ours["listeners"] == ["export_tx.airflow.listeners"]
 
 
 def test_the_page_opens_inside_the_airflow_ui(browser: Any, stack: AirflowStack, session_dir: Path) -> None:

@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from bench.api_load import run_concurrently
-from export_tx.demo import ORDER_STATUSES
-from export_tx.devstack import AirflowStack
+from devtools.stack import AirflowStack
+from export_tx.definitions._orders_common import ORDER_STATUSES
 from tests.e2e.conftest import terminal, tx_url, wait_status
 from tests.helpers import demo_source_rows
 

@@ -10,8 +10,8 @@ from datetime import datetime, timedelta
 import httpx
 import pytest
 
-from export_tx.devstack import AirflowStack
-from export_tx.settings import notification_run_id
+from devtools.stack import AirflowStack
+from export_tx.config import notification_run_id
 from tests.e2e.conftest import terminal, tx_url, wait_status, wait_task
 from tests.smtp import SmtpServer
 

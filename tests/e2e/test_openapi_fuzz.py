@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from export_tx.devstack import AirflowStack
+from devtools.stack import AirflowStack
 from tests.e2e.conftest import terminal, tx_url
 
 pytestmark = pytest.mark.stack

@@ -13,8 +13,8 @@ import httpx
 import psycopg
 import pytest
 
+from devtools.stack import AirflowStack
 from export_tx import storage
-from export_tx.devstack import AirflowStack
 from tests.helpers import store
 
 pytestmark = pytest.mark.stack

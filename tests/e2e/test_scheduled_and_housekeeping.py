@@ -9,8 +9,8 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from devtools.stack import AirflowStack
 from export_tx import storage
-from export_tx.devstack import AirflowStack
 from export_tx.states import State
 from export_tx.store import headers, utcnow
 from tests.e2e.conftest import terminal, tx_url, wait_status

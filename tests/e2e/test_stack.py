@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from export_tx.devstack import AirflowStack
+from devtools.stack import AirflowStack
 from export_tx.states import State
 from tests.helpers import demo_source_rows, file_sha256, local_path, read_result, store
 

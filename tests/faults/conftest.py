@@ -20,7 +20,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from export_tx.devstack import AirflowStack
+from devtools.stack import AirflowStack
 from export_tx.states import State
 from export_tx.store import Header, HeaderStore
 from tests.deploy import S3, PrivatePostgres, S3Proxy, Source, moto_s3, orders_source

@@ -7,8 +7,7 @@ import errno
 import pyarrow as pa
 import pytest
 
-from export_tx.errors import DataNotExportable, RequestInvalid, driver_message, is_transient
-from export_tx.runtime import user_message
+from export_tx.errors import DataNotExportable, RequestInvalid, driver_message, is_transient, user_message
 
 
 class _DriverError(Exception):

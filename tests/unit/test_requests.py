@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from export_tx import registry
+from export_tx.catalog import registry
 from export_tx.errors import RequestInvalid
 from export_tx.request import parse_request
 

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from export_tx.states import ACTIVE, TERMINAL, IllegalTransition, State, allowed, check, sources_of
+from export_tx.errors import IllegalTransition
+from export_tx.states import ACTIVE, TERMINAL, State, allowed, check
 
 S = State
 # (from, to, legal) — the design doc's state machine, exhaustively for the interesting pairs.
@@ -53,6 +54,9 @@ def test_terminal_states_never_change_except_expiry() -> None:
 
 
 def test_every_active_state_can_fail_or_be_cancelled() -> None:
+    def sources_of(target: State) -> set[State]:
+        return {s for s in State if allowed(s, target)}
+
     assert sources_of(S.FAILED) == ACTIVE
     assert sources_of(S.CANCELLED) == ACTIVE
     assert sources_of(S.SUCCEEDED) == {S.MERGING}

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from export_tx.settings import DAG_ID
+from export_tx.config import DAG_ID
 
 #: The export DAG's only leaf (``dags/export_transaction.py``): the run's state follows it.
 FINALIZE_TASK = "finalize_transaction"

@@ -32,17 +32,18 @@ from sqlalchemy import exc as sa_exc
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from export_tx import registry, settings, storage
+from export_tx import config, formats, storage
 from export_tx.api import airflow_side, batching, views
+from export_tx.api.auth import decided_by_role, may_use_exports
 from export_tx.api.views import ErrorBody, LogPage, Transaction, TransactionList
-from export_tx.auth import decided_by_role, may_use_exports
+from export_tx.catalog import registry
+from export_tx.config import BATCH_SIZE_MAX, BATCH_SIZE_MIN
 from export_tx.control import cancel as cancel_transaction
 from export_tx.control import record_download
 from export_tx.definition import RETENTION_DAYS_LIMIT
 from export_tx.errors import FieldError, RequestInvalid, shown
 from export_tx.pipeline import PREVIEW_ROWS_MAX
 from export_tx.request import LABEL_MAX_CHARS, MAX_ADDRESS_CHARS, MAX_RECIPIENTS, parse_batch_size, parse_request
-from export_tx.settings import BATCH_SIZE_MAX, BATCH_SIZE_MIN
 from export_tx.states import State
 from export_tx.store import Header as TxHeader
 from export_tx.store import HeaderStore, NewHeader
@@ -129,7 +130,7 @@ def _check_origin(scope: Any, headers: dict[str, str]) -> None:
         return
     from urllib.parse import urlsplit
 
-    from export_tx.settings import get_settings
+    from export_tx.config import get_settings
 
     origin = headers.get("origin") or headers.get("referer")
     # The address the request came to, or the public one (behind a proxy that rewrites Host).
@@ -175,13 +176,6 @@ async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
                         headers={"Retry-After": str(RETRY_AFTER_SECONDS)})  # fmt: skip
 
 
-#: Worker threads that answer /exports requests at once, per api-server process and kind
-#: (``EXPORT_TX_API_THREADS``): as many for reads (status polls, listings) as for requests that
-#: write, so polls never queue behind writes waiting for the store's lock. Requests beyond them
-#: wait their turn on the event loop, which costs nothing. More threads do not answer sooner: the
-#: work holds the interpreter lock, and forty threads (FastAPI's default pool) trading it make
-#: every request, and a database write queued behind one of them, wait for all the others.
-API_THREADS_DEFAULT = 8
 #: Per event loop (the api-server has one; tests start several) and kind.
 _limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, anyio.CapacityLimiter]] = (
     weakref.WeakKeyDictionary()
@@ -189,10 +183,7 @@ _limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, anyio.
 
 
 def _limiter(kind: str) -> anyio.CapacityLimiter:
-    import os
-
-    raw = os.environ.get("EXPORT_TX_API_THREADS", "").strip()
-    total = int(raw) if raw.isdigit() and int(raw) > 0 else API_THREADS_DEFAULT
+    total = config.api_threads()
     pools = _limiters.setdefault(asyncio.get_running_loop(), {})
     limiter = pools.get(kind)
     if limiter is None:
@@ -222,7 +213,7 @@ def threaded(kind: str) -> Callable[[Callable[..., R]], Callable[..., Awaitable[
 
 
 def _requires(method: str) -> Any:
-    """Authorisation on the product's own resource (export_tx.auth): reading one's own exports
+    """Authorisation on the product's own resource (export_tx.api.auth): reading one's own exports
     needs a viewer, requesting, cancelling and re-sending a user. Never Airflow's permissions on
     the export DAG's runs: those are the platform team's.
 
@@ -266,7 +257,7 @@ async def get_store() -> HeaderStore:
     """The header store, on the event loop when it is known already (the settings are read from
     the environment each time: no I/O); the first time, and when an Airflow connection names it
     and was last looked up a while ago, from a worker thread."""
-    cfg = settings.get_settings()
+    cfg = config.get_settings()
     key = (cfg.store_conn_id, cfg.store_url)
     cached = _stores.get(key)
     if cached is not None and (not cfg.store_conn_id or monotonic() - cached[0] < STORE_CONNECTION_TTL_SECONDS):
@@ -314,11 +305,11 @@ class TransactionRequest(BaseModel):
         _documented(
             {
                 "type": ["integer", "null"],
-                "minimum": settings.BATCH_SIZE_MIN,
-                "maximum": settings.BATCH_SIZE_MAX,
+                "minimum": config.BATCH_SIZE_MIN,
+                "maximum": config.BATCH_SIZE_MAX,
                 "default": None,
                 "description": "rows per batch; omitted or null: automatic (one batch per batch slot, at least "
-                f"{settings.BATCH_ROWS_AUTO_MIN:,} rows each)",
+                f"{config.BATCH_ROWS_AUTO_MIN:,} rows each)",
             }
         ),
     ] = None
@@ -339,8 +330,8 @@ class TransactionRequest(BaseModel):
             {
                 "type": "number",
                 "minimum": 0,
-                "maximum": settings.NOTIFY_DELAY_MAX,
-                "default": settings.NOTIFY_DELAY_DEFAULT,
+                "maximum": config.NOTIFY_DELAY_MAX,
+                "default": config.NOTIFY_DELAY_DEFAULT,
                 "description": "minutes to wait before e-mailing; no e-mail if the file was downloaded by then",
             }
         ),
@@ -470,8 +461,14 @@ def _typed(raw: str, spec: dict[str, Any]) -> Any:
 
 def _refusal(exc: Exception) -> JSONResponse:
     """A preview that cannot be done: 422 naming the field or column, 503 when the source is away."""
-    from export_tx.errors import DataNotExportable, DefinitionInvalid, ExportError, TooManyRows, is_transient
-    from export_tx.runtime import user_message
+    from export_tx.errors import (
+        DataNotExportable,
+        DefinitionInvalid,
+        ExportError,
+        TooManyRows,
+        is_transient,
+        user_message,
+    )
 
     errors: list[dict[str, str]]
     if isinstance(exc, RequestInvalid | DefinitionInvalid):
@@ -589,7 +586,7 @@ def _request_export(
                 raise HTTPException(status.HTTP_409_CONFLICT, KEY_REUSED) from None
             return _accepted(existing, user, replayed=True)
     started = airflow_side.starter.submit(lambda: _start_run(store, tx_id, conf, who))
-    if airflow_side.starter.wait(started, _run_start_wait()) and started.exception() is not None:
+    if airflow_side.starter.wait(started, config.run_start_wait_seconds()) and started.exception() is not None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the export could not be started; try again",
                             headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from started.exception()  # fmt: skip
     # The run is created, or will be right after this answer (a burst of requests; see RunStarter).
@@ -597,19 +594,6 @@ def _request_export(
 
 
 KEY_REUSED = "this Idempotency-Key was already used with a different request"
-#: How long a request that is alone waits for its Airflow run to be created
-#: (``EXPORT_TX_RUN_START_WAIT_SECONDS``); after that it answers 202 and the run follows.
-RUN_START_WAIT_DEFAULT = 10.0
-
-
-def _run_start_wait() -> float:
-    import os
-
-    raw = os.environ.get("EXPORT_TX_RUN_START_WAIT_SECONDS", "").strip()
-    try:
-        return max(0.0, float(raw)) if raw else RUN_START_WAIT_DEFAULT
-    except ValueError:
-        return RUN_START_WAIT_DEFAULT
 
 
 def _start_run(store: HeaderStore, tx_id: str, conf: dict[str, Any], who: str) -> None:
@@ -712,14 +696,15 @@ def download(tx_id: str, user: GetUserDep, store: StoreDep) -> Any:
     if header.state != State.SUCCEEDED or not header.result_uri:
         hint = f": {header.error}" if header.error else "; poll the transaction until it is SUCCEEDED"
         raise HTTPException(status.HTTP_409_CONFLICT, f"the transaction is {header.state.value}{hint}")
-    filename = f"{header.definition}-{storage.tx_folder_name(header.id)}.parquet"
+    fmt = formats.get()
+    filename = f"{header.definition}-{storage.tx_folder_name(header.id)}{fmt.suffix}"
     path = storage.local_file(header.result_uri)
     if path is not None:
         if not Path(path).exists():
             raise HTTPException(status.HTTP_410_GONE, "the file is no longer in storage")
         record_download(store, tx_id, user.get_name())
-        return FileResponse(path, media_type=storage.PARQUET_MEDIA_TYPE, filename=filename)
-    url = storage.presigned_url(header.result_uri, filename)
+        return FileResponse(path, media_type=fmt.media_type, filename=filename)
+    url = storage.presigned_url(header.result_uri, filename, fmt.media_type)
     record_download(store, tx_id, user.get_name())
     return RedirectResponse(url, status_code=status.HTTP_303_SEE_OTHER)
 
@@ -731,8 +716,8 @@ def download(tx_id: str, user: GetUserDep, store: StoreDep) -> Any:
 def notify_again(tx_id: str, user: GetUserDep, store: StoreDep) -> JSONResponse:
     """Send the "your export is ready" e-mail again, now (owner or admin): a run of
     ``export_notification`` that neither waits nor skips a downloaded file."""
-    from export_tx.notify import PENDING
-    from export_tx.settings import NOTIFICATION_DAG_ID, notification_run_id
+    from export_tx.config import NOTIFICATION_DAG_ID, notification_run_id
+    from export_tx.states import NotificationState
 
     header = _visible(store, tx_id, user)
     if header.state != State.SUCCEEDED:
@@ -748,9 +733,9 @@ def notify_again(tx_id: str, user: GetUserDep, store: StoreDep) -> JSONResponse:
     except Exception as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the e-mail could not be requested; try again",
                             headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from exc  # fmt: skip
-    store.update(tx_id, notification_state=PENDING)
+    store.update(tx_id, notification_state=NotificationState.PENDING)
     store.add_event(tx_id, "notification-request", f"e-mail asked for again by {user.get_name()}",
-                    {"notification": PENDING, "run_id": run_id})  # fmt: skip
+                    {"notification": NotificationState.PENDING, "run_id": run_id})  # fmt: skip
     body = views.transaction(store.get(tx_id), admin=airflow_side.is_admin(user)).model_dump(mode="json")
     return JSONResponse(body, status_code=202)
 

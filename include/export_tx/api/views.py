@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, Field
 
-from export_tx.settings import DAG_ID
+from export_tx.config import DAG_ID
 from export_tx.store import Event, Header
 
 PREFIX = "/exports/v1"

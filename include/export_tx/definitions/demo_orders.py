@@ -6,7 +6,7 @@ No types are declared: SQLite says what each column is (``TIMESTAMP`` columns be
 from __future__ import annotations
 
 from export_tx.definition import ExportDefinition
-from export_tx.demo import ORDER_PARAMS
+from export_tx.definitions._orders_common import ORDER_PARAMS
 from export_tx.sources import SqliteSource
 
 DEFINITION = ExportDefinition(

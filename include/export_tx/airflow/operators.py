@@ -1,0 +1,88 @@
+"""Operators: sending the requester's e-mail, and starting it as a run of its own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.providers.smtp.operators.smtp import EmailOperator
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+
+from export_tx.airflow.sensors import skip_downloaded, truthy
+from export_tx.notifications import record
+from export_tx.notifications.email import SMTP_CONN_ID, mail_from, ready_email
+from export_tx.states import NotificationState
+from export_tx.store import HeaderStore, utcnow
+
+
+class NotifyRequesterOperator(EmailOperator):
+    """The smtp provider's EmailOperator, addressed and worded from the transaction header.
+
+    Checks for a download once more right before sending (not for a resend); records ``sent``
+    or ``failed``.
+    """
+
+    template_fields = (*EmailOperator.template_fields, "tx_id", "resend")
+
+    def __init__(self, *, tx_id: str, resend: Any = False, **kwargs: Any) -> None:
+        kwargs.setdefault("to", "placeholder@localhost")  # replaced from the header at run time
+        kwargs.setdefault("conn_id", SMTP_CONN_ID)
+        super().__init__(**kwargs)
+        self.tx_id = tx_id
+        self.resend = resend
+
+    def execute(self, context: Any) -> None:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        store = HeaderStore.from_settings()
+        header = store.get(self.tx_id)
+        if header.state.value != "SUCCEEDED":
+            raise AirflowSkipException(f"the export is {header.state.value}")
+        if header.downloaded_at is not None and not truthy(self.resend):
+            skip_downloaded(store, header)
+        self.to = [a.strip() for a in (header.notify_email or "").split(",") if a.strip()]
+        self.subject, self.html_content = ready_email(header)
+        self.from_email = self.from_email or mail_from()
+        ti = context.get("ti")
+        try:
+            super().execute(context)
+        except Exception as exc:
+            try_number = int(getattr(ti, "try_number", 1) or 1)
+            max_tries = int(getattr(ti, "max_tries", 0) or 0)
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}".rstrip(": ")
+            if try_number > max_tries:
+                record(
+                    store,
+                    header.id,
+                    NotificationState.FAILED,
+                    f"e-mail to {header.notify_email} could not be sent ({reason})",
+                )
+            else:
+                store.add_event(header.id, "retry", f"e-mail to {header.notify_email} not sent yet ({reason}); "
+                                f"attempt {try_number} of {max_tries + 1}, retrying")  # fmt: skip
+            raise
+        again = " again, as asked" if truthy(self.resend) else ""
+        record(
+            store,
+            header.id,
+            NotificationState.SENT,
+            f"e-mail sent{again} to {header.notify_email}",
+            notification_sent_at=utcnow(),
+        )
+
+
+class RequestNotification(TriggerDagRunOperator):
+    """Starts the export's e-mail as a run of ``export_notification`` (run id ``notify__<token>``)
+    when the request asked for one and the export succeeded; otherwise it succeeds doing nothing,
+    so a good export's graph has no skipped (pink) task in it."""
+
+    def execute(self, context: Any) -> Any:
+        from export_tx.config import notification_run_id
+        from export_tx.states import State
+
+        tx_id = context["run_id"]  # the export's run: its id is the transaction's
+        header = HeaderStore.from_settings().get(tx_id)
+        if header.state != State.SUCCEEDED or not header.notify_email:
+            self.log.info("no e-mail was asked for: nothing to start")
+            return None
+        self.trigger_run_id = notification_run_id(tx_id)
+        return super().execute(context)

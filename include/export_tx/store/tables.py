@@ -1,0 +1,123 @@
+"""The header store's tables (SQLAlchemy Core, the same on SQLite and PostgreSQL) and their
+additive evolution: a column added since a table was created is added in place."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from export_tx import config
+from export_tx.states import BatchState
+
+metadata = sa.MetaData()
+_BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+_TS = sa.DateTime(timezone=True)
+
+headers = sa.Table(
+    config.HEADER_TABLE,
+    metadata,
+    sa.Column("id", sa.String(250), primary_key=True),
+    sa.Column("dag_id", sa.String(250), nullable=False),
+    sa.Column("definition", sa.String(100), nullable=False),
+    sa.Column("params", sa.JSON, nullable=False),
+    sa.Column("batch_size", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(20), nullable=False),
+    sa.Column("requested_by", sa.String(250), nullable=False),
+    # The requester's own name for the export, shown beside the token (optional).
+    sa.Column("label", sa.String(100)),
+    sa.Column("idempotency_key", sa.String(250)),
+    sa.Column("request_hash", sa.String(64)),
+    sa.Column("notify_email", sa.Text),  # up to 10 addresses of 254 characters
+    sa.Column("notify_delay_minutes", sa.Float, nullable=False),
+    sa.Column("retention_days", sa.Integer),
+    sa.Column("notification_state", sa.String(30), nullable=False),
+    sa.Column("notification_sent_at", _TS),
+    sa.Column("batches_total", sa.Integer),
+    sa.Column("batches_done", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("rows_planned", sa.BigInteger),
+    sa.Column("rows_written", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("result_uri", sa.Text),
+    sa.Column("result_rows", sa.BigInteger),
+    sa.Column("result_bytes", sa.BigInteger),
+    sa.Column("result_sha256", sa.String(64)),
+    sa.Column("result_schema", sa.JSON),
+    # The columns fixed at planning (source types, file types, how each is read): every batch,
+    # the merge and a zero-row result use exactly these.
+    sa.Column("schema_plan", sa.JSON),
+    sa.Column("expires_at", _TS),
+    sa.Column("error", sa.Text),
+    sa.Column("downloaded_at", _TS),
+    sa.Column("cancelled_by", sa.String(250)),
+    sa.Column("created_at", _TS, nullable=False),
+    sa.Column("updated_at", _TS, nullable=False),
+    sa.Column("started_at", _TS),
+    sa.Column("finished_at", _TS),
+    sa.Index("ix_export_header_requester", "requested_by", "created_at"),
+    sa.Index("ix_export_header_state", "state"),
+    sa.UniqueConstraint("requested_by", "idempotency_key", name="uq_export_header_idempotency"),
+)
+
+batches = sa.Table(
+    config.BATCH_TABLE,
+    metadata,
+    sa.Column(
+        "tx_id", sa.String(250), sa.ForeignKey(f"{config.HEADER_TABLE}.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column("batch_no", sa.Integer, primary_key=True, autoincrement=False),
+    # Key bounds, JSON-encoded so integer and text keys round-trip exactly: lo <= key < hi.
+    sa.Column("lo", sa.Text, nullable=False),
+    sa.Column("hi", sa.Text),
+    sa.Column("planned_rows", sa.BigInteger, nullable=False),
+    sa.Column("state", sa.String(20), nullable=False, server_default=BatchState.PLANNED.value),
+    sa.Column("rows", sa.BigInteger),
+    sa.Column("bytes", sa.BigInteger),
+    sa.Column("part_uri", sa.Text),
+    sa.Column("duration_s", sa.Float),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("done_at", _TS),
+)
+
+events = sa.Table(
+    config.EVENT_TABLE,
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("tx_id", sa.String(250), nullable=False),
+    sa.Column("at", _TS, nullable=False),
+    sa.Column("kind", sa.String(30), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("data", sa.JSON),
+    sa.Index("ix_export_event_tx", "tx_id", "id"),
+)
+
+
+#: What a listing reads: every column but the stored column plan (kilobytes a header, read by
+#: the tasks only).
+#: A listing's columns: every column but the stored column plan.
+LISTED = [c for c in headers.c if c.name != "schema_plan"]
+
+
+def add_missing_columns(conn: Connection) -> None:
+    """Additive schema evolution: a column added to a table since it was created is added in
+    place (it must be nullable or have a server default). Idempotent, like ``create_all``."""
+    inspector = sa.inspect(conn)
+    for table in metadata.sorted_tables:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            if not column.nullable and column.server_default is None:
+                raise RuntimeError(f"cannot add NOT NULL column {table.name}.{column.name} without a default")
+            ddl = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")
+
+
+def widen_columns(conn: Connection) -> None:
+    """Columns a later version made wider (PostgreSQL enforces lengths; SQLite does not)."""
+    if conn.dialect.name != "postgresql":
+        return
+    widened = {(config.HEADER_TABLE, "notify_email")}
+    inspector = sa.inspect(conn)
+    for table, column in widened:
+        current = {c["name"]: c["type"] for c in inspector.get_columns(table)}.get(column)
+        if isinstance(current, sa.String) and getattr(current, "length", None):
+            conn.exec_driver_sql(f"ALTER TABLE {table} ALTER COLUMN {column} TYPE text")

@@ -1,0 +1,248 @@
+"""What keeps /exports fast under a burst, without changing what it answers: headers of concurrent
+requests written in one transaction, Airflow runs created after the burst is answered (and a run
+that cannot be created still ends its transaction FAILED), and the token revocation lookup off
+the event loop. The real api-server under load is measured by ``bench/``; the answers are tested
+end to end in tests/e2e.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from export_tx.api import airflow_side, batching
+from export_tx.api import app as api
+from export_tx.states import State
+from export_tx.store import HeaderStore, NewHeader
+from tests.helpers import FakeUser
+
+
+def _new(tx_id: str, who: str = "ana", key: str | None = None) -> NewHeader:
+    return NewHeader(tx_id, definition="demo_orders", params={"status": "paid"}, batch_size=1000, requested_by=who,
+                     idempotency_key=key, request_hash="h")  # fmt: skip
+
+
+def _ids(n: int) -> list[str]:
+    """Fresh tokens (the PostgreSQL database is shared by the session's tests)."""
+    run = uuid.uuid4().hex[:8]
+    return [f"t-{run}-{i}" for i in range(n)]
+
+
+def test_create_many_creates_in_order_and_returns_what_existed(store: HeaderStore) -> None:
+    old, one, two = _ids(3)
+    key = uuid.uuid4().hex
+    store.create(old, definition="demo_orders", params={}, batch_size=5000, requested_by="bob")
+    results = store.create_many([_new(one), _new(old), _new(two, key=key)])
+    assert [(h.id, created) for h, created in results] == [(one, True), (old, False), (two, True)]
+    assert results[1][0].requested_by == "bob"  # the one that existed, unchanged
+    header = store.get(two)
+    assert header.state == State.REQUESTED and header.idempotency_key == key and header.params == {"status": "paid"}
+    assert [e.message for e in store.events(one)] == ["REQUESTED: requested by ana"]
+    assert store.create_many([]) == []
+
+
+def test_create_many_with_a_key_taken_creates_none(store: HeaderStore) -> None:
+    import sqlalchemy as sa
+
+    first, second, third = _ids(3)
+    key = uuid.uuid4().hex
+    store.create_many([_new(first, key=key)])
+    with pytest.raises(sa.exc.IntegrityError):
+        store.create_many([_new(second), _new(third, key=key)])
+    assert store.find(second) is None and store.find(third) is None
+
+
+def _writes(store: HeaderStore) -> list[int]:
+    """Count the transactions of store.create_many (each slow: the others queue meanwhile)."""
+    calls: list[int] = []
+    create_many = store.create_many
+
+    def counted(new: Any) -> Any:
+        calls.append(len(new))
+        time.sleep(0.05)
+        return create_many(new)
+
+    store.create_many = counted  # type: ignore[method-assign]
+    return calls
+
+
+def _concurrently(writer: batching.HeaderWriter, store: HeaderStore, new: list[NewHeader]) -> dict[str, Any]:
+    import sqlalchemy as sa
+
+    results: dict[str, Any] = {}
+
+    def request(n: NewHeader) -> None:
+        try:
+            results[n.tx_id] = writer.create(store, n)
+        except sa.exc.IntegrityError as exc:
+            results[n.tx_id] = exc
+
+    threads = [threading.Thread(target=request, args=(n,)) for n in new]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_concurrent_headers_are_written_together_each_answered_its_own(store: HeaderStore) -> None:
+    ids = _ids(20)
+    calls = _writes(store)
+    results = _concurrently(batching.HeaderWriter(), store, [_new(i) for i in ids])
+    assert sum(calls) == 20 and len(calls) < 10  # one alone, then the others queued meanwhile
+    for tx_id in ids:
+        header, created = results[tx_id]
+        assert created and header.id == tx_id == store.get(tx_id).id
+
+
+def test_a_key_raced_in_a_batch_fails_that_request_only(store: HeaderStore) -> None:
+    ids = _ids(10)
+    key = uuid.uuid4().hex
+    store.create(ids[0], definition="demo_orders", params={}, batch_size=1000, requested_by="ana",
+                 idempotency_key=key)  # fmt: skip
+    calls = _writes(store)
+    results = _concurrently(
+        batching.HeaderWriter(), store, [_new(i, key=key if i == ids[5] else None) for i in ids[1:]]
+    )
+    assert isinstance(results[ids[5]], Exception)
+    assert all(results[i][1] for i in ids[1:] if i != ids[5]) and store.find(ids[5]) is None
+    assert len(calls) >= 2
+
+
+def test_a_request_alone_waits_for_its_run_and_a_burst_does_not() -> None:
+    starter = airflow_side.RunStarter()
+    release = threading.Event()
+    started: list[str] = []
+
+    def job(name: str) -> None:
+        release.wait(5)
+        started.append(name)
+
+    starter.enter()
+    alone = starter.submit(lambda: job("alone"))
+    release.set()
+    assert starter.wait(alone, 5) and alone.exception() is None and started == ["alone"]
+    release.clear()
+    starter.enter()  # a second request in progress: a burst
+    began = time.monotonic()
+    burst = starter.submit(lambda: job("burst"))
+    assert not starter.wait(burst, 5) and time.monotonic() - began < 1
+    starter.leave()
+    starter.leave()
+    release.set()
+    burst.result(timeout=5)
+    assert started == ["alone", "burst"]
+
+
+def test_runs_of_a_burst_are_created_once_its_requests_are_answered() -> None:
+    starter = airflow_side.RunStarter()
+    starter.DEFER_MAX_SECONDS = 5.0
+    created_at: list[float] = []
+    starter.enter()
+    starter.enter()
+    future = starter.submit(lambda: created_at.append(time.monotonic()))
+    time.sleep(0.2)
+    assert not created_at  # deferred while requests are being answered
+    answered = time.monotonic()
+    starter.leave()
+    starter.leave()
+    future.result(timeout=5)
+    assert created_at[0] >= answered
+    # Never deferred for longer than DEFER_MAX_SECONDS, however busy.
+    starter.DEFER_MAX_SECONDS = 0.1
+    starter.enter()
+    starter.enter()
+    try:
+        starter.submit(lambda: created_at.append(time.monotonic())).result(timeout=5)
+    finally:
+        starter.leave()
+        starter.leave()
+
+
+@pytest.fixture
+def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, demo_db: Path) -> Iterator[Any]:
+    from airflow.api_fastapi.core_api.security import get_user
+
+    store = HeaderStore(f"sqlite:///{tmp_path / 'store.db'}")
+    store.ensure_schema()
+    app = api.app
+    for dep in (api.CanRead, api.CanRequest, api.CanCancel):
+        app.dependency_overrides[dep.dependency] = lambda: None
+    app.dependency_overrides[get_user] = lambda: FakeUser("ana", "USER")
+    app.dependency_overrides[api.get_store] = lambda: store
+    monkeypatch.setattr(airflow_side, "starter", airflow_side.RunStarter())
+    try:
+        with TestClient(app, base_url="http://airflow.test") as c:
+            c.store = store  # type: ignore[attr-defined]
+            yield c
+    finally:
+        app.dependency_overrides.clear()
+
+
+def test_a_run_that_cannot_be_created_after_a_burst_fails_its_transaction(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def down(*_: Any) -> None:
+        raise ConnectionError("metadata database unreachable")
+
+    monkeypatch.setattr(airflow_side, "trigger_run", down)
+    airflow_side.starter.enter()  # another request in progress: this one answers without waiting
+    try:
+        body = json.dumps({"definition": "demo_orders"})
+        answer = client.post("/v1/transactions", content=body,
+                             headers={"Content-Type": "application/json", "Idempotency-Key": "k1"})  # fmt: skip
+    finally:
+        airflow_side.starter.leave()
+    assert answer.status_code == 202 and answer.json()["state"] == "REQUESTED"
+    tx_id = answer.json()["id"]
+    deadline = time.monotonic() + 10
+    while client.store.get(tx_id).state == State.REQUESTED and time.monotonic() < deadline:
+        time.sleep(0.05)
+    header = client.store.get(tx_id)
+    assert header.state == State.FAILED
+    assert header.error == "the Airflow run could not be started (ConnectionError); try again later"
+    assert header.idempotency_key is None  # free again: a retry with it starts the export
+
+
+def test_the_revocation_lookup_runs_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.models.revoked_token import RevokedToken
+    from jwt import InvalidTokenError
+
+    from export_tx.api.auth import ExportsAuthManager
+
+    class Validator:
+        async def avalidated_claims(self, token: str) -> dict[str, Any]:
+            if token == "bad":
+                raise InvalidTokenError("signature")
+            return {"sub": "ana", "role": "USER", "jti": token}
+
+    looked_up: list[tuple[str, int]] = []
+
+    def is_revoked(jti: str) -> bool:
+        looked_up.append((jti, threading.get_ident()))
+        return jti == "revoked"
+
+    monkeypatch.setattr(ExportsAuthManager, "_get_token_validator", classmethod(lambda cls: Validator()))
+    monkeypatch.setattr(RevokedToken, "is_revoked", is_revoked)
+    manager = ExportsAuthManager()
+
+    async def check(token: str) -> Any:
+        return await manager.get_user_from_token(token)
+
+    user = asyncio.run(check("fine"))
+    assert (user.get_name(), user.role) == ("ana", "USER")
+    with pytest.raises(InvalidTokenError, match="revoked"):
+        asyncio.run(check("revoked"))
+    with pytest.raises(InvalidTokenError):
+        asyncio.run(check("bad"))
+    assert [j for j, _ in looked_up] == ["fine", "revoked"]
+    assert all(thread != threading.get_ident() for _, thread in looked_up)
