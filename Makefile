@@ -4,9 +4,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install bytecode demo down test lint typecheck services browser pytest bench lock clean
+.PHONY: install sysdeps bytecode demo down test lint typecheck services browser pytest bench lock clean
 
 $(STAMP): pyproject.toml constraints.txt
+	@$(MAKE) --no-print-directory sysdeps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip uv
 	$(BIN)/uv pip install --python $(BIN)/python --quiet --compile-bytecode -c constraints.txt -e '.[dev]'
@@ -19,6 +20,16 @@ bytecode: $(STAMP)
 	@$(BIN)/python -m compileall -q -j0 include dags plugins bench devtools >/dev/null
 
 install: $(STAMP)
+
+# The dev install builds mysqlclient (the MySQL provider's driver, for the MariaDB source tests)
+# from source: it needs MariaDB's client headers and pkg-config (Debian's libmariadb-dev).
+sysdeps:
+	@pkg-config --exists libmariadb 2>/dev/null || pkg-config --exists mysqlclient 2>/dev/null || { \
+	  [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  echo "installing Debian's libmariadb-dev and pkg-config (mysqlclient builds against them)" && \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libmariadb-dev pkg-config >/dev/null; } || \
+	  { echo "the dev install needs MariaDB's client headers: sudo apt-get install libmariadb-dev pkg-config"; exit 1; }
 
 demo: $(STAMP) bytecode
 	$(BIN)/python -m devtools.stack demo
@@ -44,6 +55,12 @@ services:
 	  command -v redis-server >/dev/null && redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null; \
 	  sleep 1; $(BIN)/python -c "import socket; socket.create_connection(('127.0.0.1', 6379), 3).close()" 2>/dev/null; } || \
 	  { echo "make test needs Redis on 127.0.0.1:6379: apt-get install redis-server"; exit 1; }
+	@test -x /usr/sbin/mariadbd || command -v mariadbd >/dev/null 2>&1 || { \
+	  [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  echo "installing Debian's mariadb-server (the MariaDB source tests start their own server)" && \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mariadb-server >/dev/null; } || \
+	  { echo "make test needs MariaDB's server binaries (the tests start a private one): apt-get install mariadb-server"; exit 1; }
 
 # The Exports page's browser tests drive Debian's Chromium (Playwright never downloads a browser).
 browser:

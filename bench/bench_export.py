@@ -312,7 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     found = targets(runs)
     print_report(runs, found, info)
     write_outputs(runs, found, info, args)
-    return 0
+    # ~10 s in-process beside minutes of stacks: what a transform costs, Arrow vs pandas.
+    from bench import transform_cost
+
+    print()
+    return transform_cost.main([])
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import httpx
 
-from export_tx import config
+from export_tx import config, formats
 from export_tx.errors import CliError
 from export_tx.states import ACTIVE as ACTIVE_STATES
 from export_tx.states import State
@@ -201,7 +201,9 @@ def print_preview(answer: dict[str, Any], out: IO[str] | None = None) -> None:
 
 def download(client: httpx.Client, tx_id: str, output: Path | None) -> Path:
     tx = _check(client.get(_tx_path(tx_id)))
-    target = output or Path(f"{tx['definition']}-{tx_id.replace(':', '_').replace('+', '_')}.parquet")
+    # The file as the server names it: the format's suffix (a format this client does not know: Parquet's).
+    fmt = formats.FORMATS.get(str(tx.get("format")), formats.get())
+    target = output or Path(f"{tx['definition']}-{tx_id.replace(':', '_').replace('+', '_')}{fmt.suffix}")
     sha = hashlib.sha256()
     with client.stream("GET", _tx_path(tx_id) + "/download", follow_redirects=True) as answer:
         if answer.status_code >= 400:
@@ -264,6 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(export-tx list, the Exports page)",
     )  # fmt: skip
     req.add_argument(
+        "--format", choices=formats.NAMES, metavar="FORMAT",
+        help=f"the file's format, one of {', '.join(formats.NAMES)}; default {formats.DEFAULT}. csv: RFC 4180 with "
+        "one header line, binary as base64; jsonl: JSON Lines, decimals as exact strings; .gz: gzip-compressed",
+    )  # fmt: skip
+    req.add_argument(
         "--idempotency-key", metavar="KEY",
         help="at most 200 characters; requesting again with the same key and options answers the same export "
         "instead of starting another (other options under that key are refused)",
@@ -292,11 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="cancel without asking; needed when the standard input is not a terminal",
     )  # fmt: skip
 
-    dl = command("download", "download a succeeded transaction's Parquet file, checking its sha256")
+    dl = command("download", "download a succeeded transaction's file, checking its sha256")
     dl.add_argument("token", help="the transaction's token")
     dl.add_argument(
         "-o", "--output", type=Path, metavar="FILE",
-        help="the file to write; default: DEFINITION-TOKEN.parquet in the current directory",
+        help="the file to write; default: DEFINITION-TOKEN and the format's suffix (.parquet, .csv, …) in the "
+        "current directory",
     )  # fmt: skip
 
     command("definitions", "list the export definitions, their parameters and retention")
@@ -393,7 +401,8 @@ def _run(client: httpx.Client, args: argparse.Namespace) -> int:
         body: dict[str, Any] = {"definition": args.definition, "params": parse_params(args.param)}
         for key, value in (("batch_size", args.batch_size), ("notify_email", args.notify_email),
                            ("notify_delay_minutes", args.notify_delay),
-                           ("retention_days", args.retention_days), ("label", args.label)):  # fmt: skip
+                           ("retention_days", args.retention_days), ("label", args.label),
+                           ("format", args.format)):  # fmt: skip
             if value is not None:
                 body[key] = value
         headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}

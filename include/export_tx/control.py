@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from export_tx import storage
+from export_tx import formats, storage
 from export_tx.states import NotificationState, State
 from export_tx.store import Header, HeaderStore, utcnow
 
@@ -20,12 +20,19 @@ def remove_files(header: Header) -> bool:
     True when something was removed."""
     if header.state == State.SUCCEEDED:
         removed = storage.remove_tree(storage.parts_dir(header.id))
-        tmp = storage.temp_result_path(header.id, header.definition)
+        tmp = storage.temp_result_path(header.id, header.definition, _suffix(header))
         if tmp.exists():
             storage.remove(tmp)
             removed = True
         return removed
     return storage.remove_tree(storage.tx_root(header.id))
+
+
+def _suffix(header: Header) -> str:
+    """The file suffix of the header's format (a format this version does not know: Parquet's,
+    the only one before formats could be chosen)."""
+    known = formats.FORMATS.get(header.format or formats.DEFAULT)
+    return (known or formats.get()).suffix
 
 
 def cleanup(store: HeaderStore, header: Header, why: str) -> None:

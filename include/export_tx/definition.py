@@ -9,6 +9,23 @@ registered name.
 Types come from the source. ``columns`` names only the columns whose type the team wants
 different (an override); it never selects columns — the query does. The older ``schema``
 (a function returning the whole ``pyarrow`` schema) still works: it must then list every column.
+
+A transform runs on every record batch, between the source and the file. Give at most one:
+
+* ``transform=fn`` — an Arrow function ``RecordBatch -> RecordBatch`` (vectorised, no copy). Its
+  output on an empty batch fixes the file's columns at planning, so it may add or retype columns.
+* ``pandas_transform=fn`` — a pandas function ``DataFrame -> DataFrame``, for teams that think in
+  pandas. Each batch arrives as a frame of Arrow-backed columns (``pd.ArrowDtype``: decimals,
+  integers with NULLs, timestamps with their time zone and binary keep every value exactly) and
+  the frame it returns must hold the query's columns, with the types they came in with: a dropped,
+  added or renamed column, or a column of another type, stops the export naming the column (a new
+  type is declared in ``columns``; the function then receives the column as that type). Columns
+  may come back in any order. Rows may be removed (a filter) but never added: the export's
+  ``max_rows`` was checked on the source's count. A column the function rebuilt from Python
+  objects (``.map``, a list) is converted back to its type only if every value fits exactly; a
+  NumPy float column holding NaN is refused (it can no longer tell NULL from NaN). pandas is
+  imported only when such a transform runs, never while definitions load. It costs a round trip
+  per batch (``python -m bench.transform_cost`` measures it against the Arrow transform).
 """
 
 from __future__ import annotations
@@ -27,6 +44,8 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 Transform = Callable[["pa.RecordBatch"], "pa.RecordBatch"]
+#: ``pandas.DataFrame -> pandas.DataFrame`` (typed loosely: pandas is optional and has no stubs here).
+PandasTransform = Callable[[Any], Any]
 
 #: Query parameters of ``…/preview`` that are not the definition's own.
 RESERVED_PARAMS = ("batch_size", "rows")
@@ -63,6 +82,8 @@ class ExportDefinition:
     schema: Callable[[], pa.Schema] | None = None
     #: Optional vectorised per-row processing over each Arrow record batch.
     transform: Transform | None = None
+    #: Or the same as a pandas function over each batch as a DataFrame (see the module's docstring).
+    pandas_transform: PandasTransform | None = None
     #: The file the definition came from (for messages); None for the shipped ones.
     origin: str | None = None
 
@@ -132,6 +153,10 @@ class ExportDefinition:
             found.append(FieldError("columns", "declare types either in columns or in schema, not both"))
         if self.transform is not None and not callable(self.transform):
             found.append(FieldError("transform", "must be a function RecordBatch -> RecordBatch"))
+        if self.pandas_transform is not None and not callable(self.pandas_transform):
+            found.append(FieldError("pandas_transform", "must be a function DataFrame -> DataFrame (pandas)"))
+        if self.transform is not None and self.pandas_transform is not None:
+            found.append(FieldError("pandas_transform", "give either transform (Arrow) or pandas_transform, not both"))
         return found
 
     def longest_retention(self) -> int:

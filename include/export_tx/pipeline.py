@@ -72,6 +72,8 @@ def plan(store: HeaderStore, tx_id: str) -> list[int]:
     settings = get_settings()
     requested = header.batch_size or None  # 0: automatic
     result = plan_export(definition, header.params, requested, settings.max_batches, settings.batch_slots)
+    # Before any row is read: a column the format cannot hold exactly is refused, named.
+    formats.get(header.format).check(result.schema.output_schema())
     note = result.note
     if result.schema.notes:
         note += "; columns: " + "; ".join(result.schema.notes)
@@ -119,7 +121,7 @@ def batch_label(store: HeaderStore, tx_id: str, batch_no: int) -> str:
 
 
 def export_batch(store: HeaderStore, tx_id: str, batch_no: int) -> BatchResult:
-    """Stream one batch's rows from the source into its Parquet part and record its rows."""
+    """Stream one batch's rows from the source into its part (in the header's format) and record its rows."""
     done = _already_published(store, tx_id, batch_no)
     if done is not None:
         return done
@@ -132,7 +134,7 @@ def export_batch(store: HeaderStore, tx_id: str, batch_no: int) -> BatchResult:
     values = {**definition.bind_values(header.params), "export_tx_lo": b.lo}
     if b.hi is not None:
         values["export_tx_hi"] = b.hi
-    fmt = formats.get()
+    fmt = formats.get(header.format)
     target = storage.part_path(tx_id, batch_no, fmt.suffix)
     target.parent.mkdir(parents=True, exist_ok=True)
     sql = batch_sql(definition, columns, b.hi is not None)
@@ -222,7 +224,7 @@ def merge(store: HeaderStore, tx_id: str) -> MergeResult:
     # The plan's schema, whatever the parts hold: a zero-row result is as fully typed as any.
     schema = columns.output_schema()
 
-    fmt = formats.get()
+    fmt = formats.get(header.format)
     tmp = storage.temp_result_path(tx_id, definition.name, fmt.suffix)
     final = storage.result_path(tx_id, definition.name, fmt.suffix)
     tmp.parent.mkdir(parents=True, exist_ok=True)

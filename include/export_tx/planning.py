@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 from export_tx.columns.typemap import (
     ColumnSpec,
+    dbapi_column,
     decimal_for,
+    mysql_quote_identifier,
     override_problem,
     pg_column,
     pg_text_override,
@@ -41,6 +43,7 @@ from export_tx.config import BATCH_ROWS_AUTO_MIN, BATCH_SIZE_MAX, BATCH_SIZE_MIN
 from export_tx.definition import ExportDefinition
 from export_tx.errors import DataNotExportable, DefinitionInvalid, ExportError, FieldError, TooManyRows, Unsupported
 from export_tx.sources import (
+    DbApiSource,
     Described,
     PgBinding,
     PostgresSource,
@@ -124,6 +127,15 @@ class SchemaPlan:
         return described
 
 
+def quote(name: str, dialect: str) -> str:
+    """A column name as an identifier of the source's dialect (MySQL: backticks)."""
+    return mysql_quote_identifier(name) if dialect == "mysql" else quote_identifier(name)
+
+
+def _is_postgres(source: Any) -> bool:
+    return isinstance(source, PostgresSource) or (isinstance(source, DbApiSource) and source.dialect == "postgresql")
+
+
 def describe(definition: ExportDefinition, values: Mapping[str, Any] | None = None) -> Described:
     """Ask the source what the definition's query returns (nothing is read); on PostgreSQL also
     check that each of ``values`` is a valid value of its placeholder's type."""
@@ -138,7 +150,8 @@ def _shown(names: Sequence[str], limit: int = 12) -> str:
 def resolve_columns(definition: ExportDefinition, described: Described) -> tuple[list[ColumnSpec], list[FieldError]]:
     """Each column's spec from the source's type and the definition's overrides; and every
     problem, each naming its column (``columns.amount``) — none of them is guessed around."""
-    postgres = isinstance(definition.source, PostgresSource)
+    postgres = _is_postgres(definition.source)
+    dbapi = not postgres and isinstance(definition.source, DbApiSource)
     overrides = definition.overrides()
     names = [name for name, _ in described.columns]
     problems: list[FieldError] = []
@@ -163,7 +176,10 @@ def resolve_columns(definition: ExportDefinition, described: Described) -> tuple
     for name, kind in described.columns:
         target = overrides.get(name)
         try:
-            spec = pg_column(name, kind) if postgres else sqlite_column(name, kind)
+            if postgres:
+                spec = pg_column(name, kind)
+            else:
+                spec = dbapi_column(name, kind) if dbapi else sqlite_column(name, kind)
         except Unsupported as exc:
             if postgres and target is not None and _is_text(target):
                 specs.append(pg_text_override(pg_column_for_text(name, kind)))
@@ -249,6 +265,10 @@ def finish_column(spec: ColumnSpec, results: Mapping[str, Any]) -> tuple[ColumnS
         return spec, None
     if spec.rule == "sqlite":
         return _finish_sqlite(spec, results, target)
+    if spec.rule == "mysql_zero_date" and int(results.get("mysql_zero_date") or 0):
+        zeros = int(results["mysql_zero_date"])
+        return spec, (f"holds {zeros:,} zero dates ('0000-00-00' or a zero month or day), which no file date "
+                      "holds; convert them in the query (e.g. NULLIF, or CAST(x AS CHAR))")  # fmt: skip
     return spec, None
 
 
@@ -382,11 +402,11 @@ def batches_from_starts(starts: Sequence[tuple[Any, int]], total_rows: int) -> l
 
 def count_sql(
     definition: ExportDefinition, columns: Sequence[ColumnSpec], key: str, first_key: str | None,
-    last_key: str | None = None,
+    last_key: str | None = None, dialect: str = "postgresql",
 ) -> tuple[str, list[str]]:  # fmt: skip
     """Rows, rows with a key, the first (and for an integer key the last) key — SQL over the key —
     and every column check, in one pass; returns (sql, check aliases)."""
-    parts = [f"COUNT(*) AS n, COUNT({quote_identifier(key)}) AS n_key"]
+    parts = [f"COUNT(*) AS n, COUNT({quote(key, dialect)}) AS n_key"]
     if first_key is not None:
         parts.append(f"{first_key} AS k_min")
     if last_key is not None:
@@ -401,11 +421,13 @@ def count_sql(
 
 
 def starts_sql(definition: ExportDefinition, schema: SchemaPlan) -> str:
-    key = quote_identifier(schema.key.name)
+    key = quote(schema.key.name, schema.dialect)
+    # MySQL's drivers read "%" as their own mark: MOD() there (SQLite has no MOD()).
+    every = "MOD(rn - 1, :export_tx_batch_size)" if schema.dialect == "mysql" else "(rn - 1) % :export_tx_batch_size"
     return (
         f"SELECT k, rn FROM (SELECT {schema.key_sql} AS k, ROW_NUMBER() OVER (ORDER BY {key}) AS rn "  # noqa: S608
         f"FROM ({definition.sql}) AS src) AS numbered "
-        f"WHERE (rn - 1) % :export_tx_batch_size = 0 ORDER BY rn"
+        f"WHERE {every} = 0 ORDER BY rn"
     )
 
 
@@ -413,7 +435,7 @@ def batch_sql(definition: ExportDefinition, schema: SchemaPlan, bounded_above: b
     """The definition's query restricted to one batch's key range, in key order, each column
     selected as the plan says. On SQLite a typed first row leads (the driver types columns by
     their first values); it is dropped before any data is written."""
-    key = quote_identifier(schema.key.name)
+    key = quote(schema.key.name, schema.dialect)
     upper = f" AND {key} < :export_tx_hi" if bounded_above else ""
     where = f"WHERE {key} >= :export_tx_lo{upper}"
     tail = ""
@@ -441,7 +463,7 @@ def _run_checks(
     definition: ExportDefinition, values: Mapping[str, Any], specs: Sequence[ColumnSpec], key: str,
     first_key: str | None, last_key: str | None, binding: PgBinding | None,
 ) -> tuple[int, int, Any, Any, list[dict[str, Any]]]:  # fmt: skip
-    sql, aliases = count_sql(definition, specs, key, first_key, last_key)
+    sql, aliases = count_sql(definition, specs, key, first_key, last_key, definition.source.dialect)
     row = fetch_all(definition.source, sql, values, binding).to_pylist()[0]
     results: list[dict[str, Any]] = []
     position = 0
@@ -508,10 +530,11 @@ def plan_schema(definition: ExportDefinition, params: Mapping[str, Any]) -> tupl
         raise DefinitionInvalid(definition.name, problems)
     key = _check_key(definition, specs)
     binding = described.binding
-    key_sql = quote_identifier(key.name)
+    dialect = definition.source.dialect
+    key_sql = quote(key.name, dialect)
     first_key: str | None = f"MIN({key_sql})"
     last_key: str | None = None
-    if isinstance(definition.source, PostgresSource):
+    if _is_postgres(definition.source):
         assert binding is not None
         pg = dict(described.columns)[key.name]
         binding = PgBinding(binding.occurrences, pg.display)
@@ -543,8 +566,7 @@ def plan_schema(definition: ExportDefinition, params: Mapping[str, Any]) -> tupl
     source_schema = pa.schema([pa.field(c.name, c.arrow_type) for c in finished])
     output = output_schema(definition, source_schema)
     notes = tuple(f"{c.name}: {c.note}" for c in finished if c.note)
-    schema = SchemaPlan(tuple(finished), key, key_sql, definition.source.dialect, binding, schema_to_text(output),
-                        notes)  # fmt: skip
+    schema = SchemaPlan(tuple(finished), key, key_sql, dialect, binding, schema_to_text(output), notes)
     return schema, Counted(total, with_key, first, last)
 
 

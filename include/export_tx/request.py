@@ -6,7 +6,7 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from export_tx import config
+from export_tx import config, formats
 from export_tx.catalog import registry
 from export_tx.definition import RETENTION_DAYS_LIMIT
 from export_tx.errors import FieldError, RequestInvalid, shown
@@ -30,6 +30,8 @@ class ExportRequest:
     #: Days the result is kept; None: the definition's own retention.
     retention_days: int | None = None
     label: str | None = None
+    #: The file format (:data:`export_tx.formats.NAMES`).
+    format: str = formats.DEFAULT
 
     def as_conf(self) -> dict[str, Any]:
         return asdict(self)
@@ -121,6 +123,16 @@ def _label_field(value: Any, errors: list[FieldError]) -> str | None:
     return value.strip()
 
 
+def _format_field(value: Any, errors: list[FieldError]) -> str:
+    if value is None:
+        return formats.DEFAULT
+    if not isinstance(value, str) or value not in formats.FORMATS:
+        given = shown(value, 12) if isinstance(value, str) else "a non-text value"
+        errors.append(FieldError("format", f"{given} is not a file format; allowed: {', '.join(formats.NAMES)}"))
+        return formats.DEFAULT
+    return value
+
+
 def parse_batch_size(value: Any) -> int | None:
     """A batch size given on its own (a preview's query string: text), checked as a request's
     (None or empty: automatic)."""
@@ -162,6 +174,7 @@ def parse_request(conf: dict[str, Any] | None) -> ExportRequest:
                           errors)  # fmt: skip
     email = _email_field(conf.get("notify_email"), errors)
     label = _label_field(conf.get("label"), errors)
+    file_format = _format_field(conf.get("format"), errors)
     retention = conf.get("retention_days")
     if retention is not None:
         longest = definition.longest_retention() if definition is not None else RETENTION_DAYS_LIMIT
@@ -184,4 +197,5 @@ def parse_request(conf: dict[str, Any] | None) -> ExportRequest:
         notify_delay_minutes=delay,
         retention_days=retention,
         label=label,
+        format=file_format,
     )

@@ -46,12 +46,15 @@ def test_params_are_the_run_conf_contract() -> None:
         "notify_delay_minutes",
         "retention_days",
         "label",
+        "format",
     }
     for name in params.keys():
         param = params.get_param(name)
         assert param.schema.get("title") and param.description, name
     assert params.get_param("definition").schema["enum"] == registry.names()
     assert params.get_param("batch_size").schema["minimum"] == 1_000
+    assert params.get_param("format").schema["enum"] == ["parquet", "csv", "csv.gz", "jsonl", "jsonl.gz"]
+    assert params["format"] == "parquet"
 
 
 def test_tasks_retry_and_are_verbs() -> None:

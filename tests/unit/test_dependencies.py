@@ -31,8 +31,14 @@ def _imported_roots() -> dict[str, str]:
 
 
 def _declared() -> set[str]:
+    """The dependencies, and the opt-in extras a deployment installs for a feature (``mysql``,
+    ``pandas``: imported only where that feature runs); never the ``dev`` extra."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    return {re.split(r"[\[<>=!~; ]", dep, maxsplit=1)[0].lower().replace("_", "-") for dep in project["dependencies"]}
+    extras = [dep for name, deps in project["optional-dependencies"].items() if name != "dev" for dep in deps]
+    return {
+        re.split(r"[\[<>=!~; ]", dep, maxsplit=1)[0].lower().replace("_", "-")
+        for dep in [*project["dependencies"], *extras]
+    }
 
 
 def test_every_third_party_import_is_declared() -> None:

@@ -1,9 +1,10 @@
-"""Request fields checked on their own: the optional ``label`` and a preview's batch size."""
+"""Request fields checked on their own: the optional ``label`` and ``format``, and a preview's batch size."""
 
 from __future__ import annotations
 
 import pytest
 
+from export_tx import formats
 from export_tx.errors import RequestInvalid
 from export_tx.request import LABEL_MAX_CHARS, parse_batch_size, parse_request
 
@@ -46,3 +47,29 @@ def test_a_bad_batch_size_on_its_own_gets_the_requests_message(value: object, me
     with pytest.raises(RequestInvalid) as same:
         parse_request({"definition": "demo_orders", "batch_size": 10 if value == "10" else value})
     assert [e.message for e in same.value.errors] == [message]
+
+
+def test_the_format_defaults_to_parquet() -> None:
+    request = parse_request({"definition": "demo_orders"})
+    assert request.format == "parquet" == formats.DEFAULT
+    assert request.as_conf()["format"] == "parquet"
+    assert parse_request({"definition": "demo_orders", "format": None}).format == "parquet"
+
+
+@pytest.mark.parametrize("name", ["parquet", "csv", "csv.gz", "jsonl", "jsonl.gz"])
+def test_each_format_is_accepted_and_kept(name: str) -> None:
+    request = parse_request({"definition": "demo_orders", "format": name})
+    assert request.format == name and request.as_conf()["format"] == name
+    fmt = formats.get(name)
+    assert fmt.name == name and fmt.suffix == ("." + name if name != "parquet" else ".parquet")
+
+
+@pytest.mark.parametrize("value", ["xlsx", "parquet.gz", "CSV", "", "c" * 5000, 3, ["csv"], {"name": "csv"}])
+def test_a_bad_format_is_refused_naming_the_field_and_the_allowed_values(value: object) -> None:
+    with pytest.raises(RequestInvalid) as refused:
+        parse_request({"definition": "demo_orders", "format": value})
+    (error,) = refused.value.errors
+    assert error.field == "format"
+    assert error.message.endswith("allowed: parquet, csv, csv.gz, jsonl, jsonl.gz")
+    assert "ccccccccccccccc" not in error.message  # at most a few characters of the refused value
+    assert len(error.message) < 120

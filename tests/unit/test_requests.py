@@ -35,6 +35,8 @@ def test_registry_has_the_shipped_definitions() -> None:
         ({"definition": "demo_orders", "notify_email": "not-an-address"}, "notify_email", "not an email"),
         ({"definition": "demo_orders", "notify_delay_minutes": -1}, "notify_delay_minutes", "out of range"),
         ({"definition": "demo_orders", "batchsize": 5000}, "batchsize", "unknown field"),
+        ({"definition": "demo_orders", "format": "xlsx"}, "format", "'xlsx' is not a file format; allowed: parquet, "),
+        ({"definition": "demo_orders", "format": "parquet.gz"}, "format", "allowed: parquet, csv, csv.gz, jsonl, "),
     ],
 )
 def test_bad_requests_name_the_field(conf: dict[str, Any], field: str, fragment: str) -> None:

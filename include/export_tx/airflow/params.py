@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from export_tx import config
+from export_tx import config, formats
 from export_tx.catalog import registry
 from export_tx.definition import RETENTION_DAYS_LIMIT
 from export_tx.request import LABEL_MAX_CHARS
@@ -75,5 +75,14 @@ def build_params() -> dict[str, Any]:
             maxLength=LABEL_MAX_CHARS,
             title="Label",
             description="Optional: your own name for this export, shown beside its token.",
+        ),
+        "format": Param(
+            formats.DEFAULT,
+            type="string",
+            enum=list(formats.NAMES),
+            title="File format",
+            description="parquet (the default; typed, zstd inside); csv (RFC 4180, one header line, binary as "
+            "base64); jsonl (JSON Lines, decimals as exact strings, binary as base64); csv.gz, jsonl.gz: the same, "
+            "gzip-compressed.",
         ),
     }

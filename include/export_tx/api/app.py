@@ -357,6 +357,19 @@ class TransactionRequest(BaseModel):
             }
         ),
     ] = None
+    format: Annotated[
+        Any,
+        _documented(
+            {
+                "type": "string",
+                "enum": list(formats.NAMES),
+                "default": formats.DEFAULT,
+                "description": "the file's format: parquet (zstd inside); csv (RFC 4180, one header line, binary as "
+                "base64); jsonl (JSON Lines, decimals as exact strings, binary as base64); csv.gz and jsonl.gz: "
+                "the same, gzip-compressed",
+            }
+        ),
+    ] = None
 
 
 @app.exception_handler(RequestValidationError)
@@ -390,6 +403,9 @@ def _visible(store: HeaderStore, tx_id: str, user: Any) -> TxHeader:
 
 
 def _request_hash(conf: dict[str, Any]) -> str:
+    if conf.get("format") == formats.DEFAULT:
+        # Requests made before the format could be chosen keep their hash (an Idempotency-Key replay).
+        conf = {k: v for k, v in conf.items() if k != "format"}
     return hashlib.sha256(json.dumps(conf, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -689,14 +705,15 @@ def cancel(tx_id: str, user: GetUserDep, store: StoreDep) -> JSONResponse:
          tags=["transactions"])  # fmt: skip
 @threaded("write")
 def download(tx_id: str, user: GetUserDep, store: StoreDep) -> Any:
-    """The Parquet file (or a 303 to a short-lived URL on S3); records ``downloaded_at``."""
+    """The file, in the format it was requested in (or a 303 to a short-lived URL on S3); records
+    ``downloaded_at``."""
     header = _visible(store, tx_id, user)
     if header.state in (State.EXPIRED, State.CANCELLED):
         raise HTTPException(status.HTTP_410_GONE, f"the transaction is {header.state.value}; its file is gone")
     if header.state != State.SUCCEEDED or not header.result_uri:
         hint = f": {header.error}" if header.error else "; poll the transaction until it is SUCCEEDED"
         raise HTTPException(status.HTTP_409_CONFLICT, f"the transaction is {header.state.value}{hint}")
-    fmt = formats.get()
+    fmt = formats.get(header.format)
     filename = f"{header.definition}-{storage.tx_folder_name(header.id)}{fmt.suffix}"
     path = storage.local_file(header.result_uri)
     if path is not None:

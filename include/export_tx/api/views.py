@@ -54,7 +54,7 @@ class Transaction(BaseModel):
         None,
         description="rows per batch: the request's, or once planned the size chosen; null: automatic, not yet planned",
     )
-    format: str = Field("parquet", description="the file's format")
+    format: str = Field("parquet", description="the file's format: parquet, csv, csv.gz, jsonl or jsonl.gz")
     retention_days: int | None = Field(
         None, description="days the file is kept, if the request chose; else the definition's default"
     )
@@ -141,7 +141,7 @@ def transaction(header: Header, *, admin: bool = False) -> Transaction:
         definition=header.definition,
         params=header.params,
         batch_size=header.batch_size or None,  # None: automatic, until planned
-        format="parquet",  # the one format today
+        format=header.format,
         retention_days=header.retention_days,
         state=header.state.value,
         requested_by=header.requested_by,

@@ -4,7 +4,7 @@ A YAML definition, for analysts who write SQL, not code::
 
     name: invoices
     description: Invoices by issue date.
-    connection: billing_pg            # an Airflow connection id (PostgreSQL) …
+    connection: billing_pg            # an Airflow connection id (PostgreSQL, MySQL/MariaDB, …) …
     # sqlite: /data/billing.db        # … or a SQLite file
     sql: |
       SELECT invoice_id, customer_id, total, issued_at FROM invoices
@@ -30,10 +30,13 @@ import importlib.util
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from export_tx.definition import ExportDefinition
 from export_tx.errors import BadDefinition, DefinitionFileError
+
+if TYPE_CHECKING:
+    from export_tx.sources import DbApiSource, PostgresSource, SqliteSource
 
 YAML_FIELDS = (
     "name", "description", "connection", "sqlite", "sql", "key_column", "params", "required",
@@ -100,7 +103,7 @@ def _load_yaml(path: Path) -> ExportDefinition:
 
 def definition_from_mapping(raw: Any, origin: str, default_name: str | None = None) -> ExportDefinition:
     """An :class:`ExportDefinition` from a YAML mapping; every problem names its field."""
-    from export_tx.sources import PostgresSource, SqliteSource
+    from export_tx.sources import SqliteSource
 
     def fail(field: str | None, message: str) -> DefinitionFileError:
         return DefinitionFileError(origin, field, message)
@@ -115,11 +118,11 @@ def definition_from_mapping(raw: Any, origin: str, default_name: str | None = No
             raise fail(field, "is required (text)")
     if ("connection" in raw) == ("sqlite" in raw):
         raise fail("connection", "name exactly one source: connection (an Airflow connection id) or sqlite (a file)")
-    source: PostgresSource | SqliteSource
+    source: PostgresSource | SqliteSource | DbApiSource
     if "connection" in raw:
         if not isinstance(raw["connection"], str) or not raw["connection"].strip():
             raise fail("connection", "must be an Airflow connection id")
-        source = PostgresSource(raw["connection"].strip())
+        source = connection_source(raw["connection"].strip())
     else:
         if raw["sqlite"] is not None and not isinstance(raw["sqlite"], str):
             raise fail("sqlite", "must be the path of a SQLite file (empty: the embedded demo database)")
@@ -149,6 +152,26 @@ def definition_from_mapping(raw: Any, origin: str, default_name: str | None = No
         return ExportDefinition(**values)
     except BadDefinition as exc:
         raise _named(origin, exc) from exc
+
+
+def connection_source(conn_id: str) -> PostgresSource | SqliteSource | DbApiSource:
+    """The source an Airflow connection names, by its conn_type — the only thing read here (no
+    hook, no driver, nothing opened). PostgreSQL, and a connection not defined here (it stays
+    listed as unavailable, as before), read through ADBC; any other SQL connection through its hook."""
+    from export_tx.sources import DbApiSource, PostgresSource, SqliteSource
+
+    try:
+        from airflow.sdk import BaseHook
+
+        conn = BaseHook.get_connection(conn_id)
+    except Exception:  # AirflowNotFoundException, or no way to reach the connections at all
+        return PostgresSource(conn_id)
+    kind = str(conn.conn_type or "").lower()
+    if kind in ("postgres", "postgresql"):
+        return PostgresSource(conn_id)
+    if kind == "sqlite" and conn.host:
+        return SqliteSource(conn.host)
+    return DbApiSource(conn_id)
 
 
 def _named(origin: str, exc: BadDefinition) -> DefinitionFileError:

@@ -5,14 +5,21 @@ PostgreSQL ``numeric`` arrives as text and becomes a decimal (a value that does 
 more decimal places — stops the export naming the column, never rounds); ``interval`` becomes
 (months, days, microseconds); uuid and JSON keep their Parquet logical types; dates and
 timestamps are checked against what the driver can carry (it overflows on ``infinity``).
+
+Then the definition's transform. An Arrow ``transform`` fixed the file's columns at planning and
+its batches are conformed to them. A ``pandas_transform`` receives each batch as a DataFrame of
+``pd.ArrowDtype`` columns (every value exact) and must give back the plan's columns with their
+types: what it returns is checked column by column (:func:`pandas_transformed`) before
+``RecordBatch.from_pandas``, so a dropped, added, renamed or retyped column is named, never
+written, and a rebuilt column is converted back only where every value fits its type exactly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
-from export_tx.errors import DataNotExportable
+from export_tx.errors import DataNotExportable, DefinitionInvalid, ExportTxError, FieldError, shown
 
 if TYPE_CHECKING:
     from export_tx.definition import ExportDefinition
@@ -183,13 +190,166 @@ def processed(
     """The driver's stream as the plan's types, transformed, with the file's schema known up front."""
     out = columns.output_schema()
     source = source_batches(reader, columns.columns, columns.source_schema(), columns.dialect)
+    apply = batch_transform(definition, out)
 
     def gen() -> Iterator[pa.RecordBatch]:
         for batch in source:
-            if definition.transform is not None:
-                batch = definition.transform(batch)
+            if apply is not None:
+                batch = apply(batch)
             if not batch.schema.equals(out, check_metadata=False):
                 batch = conform(batch, out)
             yield batch
 
     return out, gen()
+
+
+def batch_transform(definition: ExportDefinition, out: pa.Schema) -> Callable[[pa.RecordBatch], pa.RecordBatch] | None:
+    """What to apply to each batch: the Arrow transform as it is, the pandas one checked against
+    ``out``, or None."""
+    if definition.transform is not None:
+        return definition.transform
+    if definition.pandas_transform is not None:
+        return lambda batch: pandas_transformed(definition, batch, out)
+    return None
+
+
+def pandas_transformed(definition: ExportDefinition, batch: pa.RecordBatch, out: pa.Schema) -> pa.RecordBatch:
+    """``batch`` through the definition's pandas transform and back, as ``out`` exactly.
+
+    Raises :class:`DefinitionInvalid` (field ``pandas_transform``) naming each column dropped,
+    added, renamed or retyped, or rows added; :class:`DataNotExportable` for a rebuilt column
+    holding a value its type cannot hold exactly.
+    """
+    import pyarrow as pa
+
+    pd = _pandas()
+    function = definition.pandas_transform
+    assert function is not None
+    frame = batch.to_pandas(types_mapper=pd.ArrowDtype)
+    try:
+        result = function(frame)
+    except ExportTxError:
+        raise
+    except Exception as exc:
+        raise _refused(definition, [f"failed on a batch ({type(exc).__name__}: {_short(exc)})"]) from exc
+    if not isinstance(result, pd.DataFrame):
+        raise _refused(definition, [f"must return a pandas DataFrame; it returned {type(result).__name__}"])
+    problems = _column_problems(result, out)
+    if problems:
+        raise _refused(definition, problems)
+    if len(result) > batch.num_rows:
+        raise _refused(definition, [
+            f"returned {len(result):,} rows for a batch of {batch.num_rows:,}: it may remove rows (a filter), "
+            "never add them (the export's max_rows was checked on the source's count)"])  # fmt: skip
+    result = result.reset_index(drop=True)  # a filter's gaps, a duplicate label: the file keeps no index
+    kept = {}
+    for target in out:
+        series = result[target.name]
+        dtype = series.dtype
+        if isinstance(dtype, pd.ArrowDtype):
+            kept[target.name] = series
+            continue
+        array = _from_python(series, target)
+        kept[target.name] = pd.Series(pd.arrays.ArrowExtensionArray(array), index=series.index, copy=False)
+    back = pa.RecordBatch.from_pandas(pd.DataFrame(kept), schema=out, preserve_index=False)
+    if not back.schema.equals(out, check_metadata=False):  # from_pandas converted nothing: every type was checked
+        raise RuntimeError("a pandas transform's result lost its checked types")
+    return back
+
+
+def _pandas() -> Any:
+    """pandas, imported only when a pandas transform runs (the optional extra ``export-tx[pandas]``)."""
+    import pandas
+
+    return pandas
+
+
+def _refused(definition: ExportDefinition, messages: list[str]) -> DefinitionInvalid:
+    return DefinitionInvalid(definition.name, [FieldError("pandas_transform", m) for m in messages])
+
+
+def _column_problems(result: Any, out: pa.Schema) -> list[str]:
+    """Each column of ``result`` that is not one of ``out``'s with its type, as a sentence."""
+    import pyarrow as pa
+
+    pd = _pandas()
+    labels = list(result.columns)
+    problems = [f"column {shown(label)} is returned more than once" for label in
+                dict.fromkeys(x for x in labels if labels.count(x) > 1)]  # fmt: skip
+    missing = [name for name in out.names if name not in labels]
+    added = [label for label in dict.fromkeys(labels) if label not in out.names]
+    if len(missing) == 1 and len(added) == 1:
+        problems.append(f"column {missing[0]!r} came back named {shown(added[0])}: keep the query's column names "
+                        "(rename in the SQL)")  # fmt: skip
+        missing, added = [], []
+    for name in missing:
+        hint = " (it is the frame's index: call reset_index())" if name in list(result.index.names) else ""
+        problems.append(f"column {name!r} was dropped{hint}: return every column of the query (filter rows, "
+                        "not columns; select columns in the SQL)")  # fmt: skip
+    for label in added:
+        problems.append(f"column {shown(label)} is not one of the export's columns: compute it in the SQL, "
+                        "or use an Arrow transform, whose output fixes the columns at planning")  # fmt: skip
+    if problems:
+        return problems
+    for target in out:
+        dtype = result[target.name].dtype
+        if isinstance(dtype, pd.ArrowDtype):
+            got = dtype.pyarrow_dtype
+        else:
+            try:
+                got = _inferred(result[target.name])
+            except pa.ArrowException:
+                problems.append(f"column {target.name!r} was {target.type} and came back as Python objects of "
+                                f"mixed types (pandas dtype {dtype}): return values of one type")  # fmt: skip
+                continue
+            if got is None or _family(got) == _family(target.type):
+                continue  # converted value by value, exactly or refused
+        if not got.equals(target.type):
+            what = str(got) if isinstance(dtype, pd.ArrowDtype) else f"{got} (pandas dtype {dtype})"
+            problems.append(f"column {target.name!r} was {target.type} and came back as {what}: return the same "
+                            "type, or declare the new type in columns (the transform then receives it "
+                            "as that type)")  # fmt: skip
+    return problems
+
+
+def _inferred(series: Any) -> pa.DataType | None:
+    """The Arrow type a column of pandas values becomes (None: all missing, so any type holds them).
+
+    Raises ``pa.ArrowException`` when its values have no one type (mixed Python objects).
+    """
+    import pyarrow as pa
+
+    array = pa.array(series, from_pandas=True)
+    return None if pa.types.is_null(array.type) else array.type
+
+
+def _from_python(series: Any, target: pa.Field) -> pa.Array:
+    """A column the transform rebuilt outside Arrow (Python objects, NumPy, pandas' own dtypes) as
+    ``target``'s type, every value exact or :class:`DataNotExportable`."""
+    import pyarrow as pa
+
+    pd = _pandas()
+    if pd.api.types.is_float_dtype(series.dtype) and bool(series.isna().any()):
+        raise DataNotExportable(target.name, f"the pandas transform returned it as {series.dtype} holding NaN, "
+                                "which cannot tell NULL from NaN: keep the column's Arrow dtype")  # fmt: skip
+    array = pa.array(series, from_pandas=True)
+    return to_type(array, target.type, target.name)
+
+
+def _family(t: pa.DataType) -> str:
+    """What kind of value a type holds; within a kind a value converts exactly or is refused."""
+    import pyarrow as pa
+    import pyarrow.types as pt
+
+    if isinstance(t, pa.BaseExtensionType):
+        return _family(t.storage_type)
+    for name, test in (("integer", pt.is_integer), ("floating", pt.is_floating), ("decimal", pt.is_decimal),
+                       ("string", pt.is_string), ("string", pt.is_large_string), ("binary", pt.is_binary),
+                       ("binary", pt.is_large_binary), ("binary", pt.is_fixed_size_binary),
+                       ("boolean", pt.is_boolean), ("date", pt.is_date), ("time", pt.is_time),
+                       ("duration", pt.is_duration)):  # fmt: skip
+        if test(t):
+            return name
+    if pt.is_timestamp(t):
+        return f"timestamp {t.tz}"
+    return str(t)

@@ -510,3 +510,120 @@ def sqlite_type_for_classes(classes: set[str]) -> tuple[pa.DataType | None, str 
     if kinds == {"blob"}:
         return pa.binary(), None
     return None, None
+
+
+# -- DB-API sources (MySQL / MariaDB) -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DbApiType:
+    """A result column as a DB-API driver describes it (``cursor.description``, plus what the
+    MySQL drivers add: the column's flags and character set)."""
+
+    #: ``cursor.description``'s type code (MySQL: the protocol's field type).
+    type_code: Any
+    #: MySQL column flags (unsigned, binary, enum, set); 0 where the driver does not say.
+    flags: int = 0
+    #: MySQL character set number (63: binary); None where the driver does not say.
+    charset: int | None = None
+    #: DECIMAL precision and scale, fractional digits of times; None where the driver does not say.
+    precision: int | None = None
+    scale: int | None = None
+    #: The module of the driver's connection (``MySQLdb``, ``mysql.connector``, …).
+    driver: str = ""
+
+    @property
+    def display(self) -> str:
+        name = MYSQL_TYPE_NAMES.get(self.type_code, f"type code {self.type_code}") if self.is_mysql else \
+            f"{self.driver} type {self.type_code}"  # fmt: skip
+        if name == "DECIMAL" and self.precision is not None:
+            name = f"DECIMAL({self.precision},{self.scale or 0})"
+        if self.is_mysql and self.flags & MYSQL_UNSIGNED and name in _MYSQL_INTS:
+            name += " UNSIGNED"
+        if self.is_mysql and name in ("VARCHAR", "CHAR", "TEXT") and self.charset == MYSQL_BINARY_CHARSET:
+            name = {"VARCHAR": "VARBINARY", "CHAR": "BINARY", "TEXT": "BLOB"}[name]
+        return name
+
+    @property
+    def is_mysql(self) -> bool:
+        return self.driver.split(".")[0] in MYSQL_DRIVERS
+
+
+MYSQL_DRIVERS = ("MySQLdb", "mysql", "pymysql")
+MYSQL_UNSIGNED, MYSQL_BINARY_FLAG, MYSQL_BINARY_CHARSET = 32, 128, 63
+#: MySQL protocol field types (``include/mysql_com.h``): the SQL type each stands for.
+MYSQL_TYPE_NAMES: dict[int, str] = {
+    0: "DECIMAL", 1: "TINYINT", 2: "SMALLINT", 3: "INT", 4: "FLOAT", 5: "DOUBLE", 6: "NULL", 7: "TIMESTAMP",
+    8: "BIGINT", 9: "MEDIUMINT", 10: "DATE", 11: "TIME", 12: "DATETIME", 13: "YEAR", 14: "DATE", 15: "VARCHAR",
+    16: "BIT", 245: "JSON", 246: "DECIMAL", 247: "ENUM", 248: "SET", 249: "TEXT", 250: "TEXT", 251: "TEXT",
+    252: "TEXT", 253: "VARCHAR", 254: "CHAR", 255: "GEOMETRY",
+}  # fmt: skip
+_MYSQL_INTS = {"TINYINT": 8, "SMALLINT": 16, "MEDIUMINT": 32, "INT": 32, "BIGINT": 64}
+_MYSQL_HINT = "cast it in the query to a type that keeps its values (e.g. CAST(x AS CHAR) for its text)"
+
+
+def mysql_arrow_type(t: DbApiType) -> pa.DataType | None:
+    """The exact Arrow type of a MySQL/MariaDB result column; None where the data decides (a
+    DECIMAL whose precision the driver does not report: sized from its values, as PostgreSQL's
+    ``numeric`` without precision). Raises :class:`Unsupported` for a type no file type keeps."""
+    import pyarrow as pa
+
+    name = MYSQL_TYPE_NAMES.get(t.type_code)
+    if name in _MYSQL_INTS:
+        bits = _MYSQL_INTS[name]
+        return getattr(pa, f"{'u' if t.flags & MYSQL_UNSIGNED else ''}int{bits}")()
+    if name == "YEAR":
+        return pa.int16()
+    if name == "DECIMAL":
+        if t.precision is None:
+            return None
+        return decimal_for(t.precision, t.scale or 0)
+    fixed = {"FLOAT": pa.float32(), "DOUBLE": pa.float64(), "DATE": pa.date32(), "DATETIME": pa.timestamp("us"),
+             # TIMESTAMP is an instant: the session reads it in UTC (time_zone '+00:00').
+             "TIMESTAMP": pa.timestamp("us", tz="UTC"), "TIME": pa.time64("us"), "JSON": pa.string(),
+             "ENUM": pa.string(), "SET": pa.string(), "NULL": pa.null()}  # fmt: skip
+    if name in fixed:
+        return fixed[name]
+    if name in ("VARCHAR", "CHAR", "TEXT"):
+        if t.charset is None:
+            raise Unsupported(f"{name}: the driver does not say whether it holds text or bytes; {_MYSQL_HINT}")
+        return pa.binary() if t.charset == MYSQL_BINARY_CHARSET else pa.string()
+    if name == "BIT":
+        raise Unsupported(f"BIT has no exact Parquet type here; {_MYSQL_HINT}, or CAST(x AS UNSIGNED) for its number")
+    raise Unsupported(f"{t.display} has no exact Parquet type here; {_MYSQL_HINT}")
+
+
+def mysql_quote_identifier(name: str) -> str:
+    """A column name as a MySQL/MariaDB identifier: backticks, doubled inside."""
+    if "\x00" in name:
+        raise ValueError("a column name cannot hold a NUL character")
+    return "`" + name.replace("`", "``") + "`"
+
+
+def dbapi_column(name: str, t: DbApiType) -> ColumnSpec:
+    """The default mapping of a DB-API result column. Raises :class:`Unsupported` (the message
+    says what to do) for a type that cannot be kept exactly, or a driver this product does not
+    map (only MySQL/MariaDB's drivers are mapped)."""
+    if not t.is_mysql:
+        raise Unsupported(f"{t.display}: the types of this driver's columns are not mapped (MySQL/MariaDB's are); "
+                          "read it through a connection type this product maps")  # fmt: skip
+    arrow = mysql_arrow_type(t)
+    column = mysql_quote_identifier(name)
+    kind = MYSQL_TYPE_NAMES.get(t.type_code)
+    checks: list[Check] = []
+    rule = None
+    if kind == "DECIMAL":
+        rule = "numeric"
+        if arrow is None:
+            text = f"CAST({column} AS CHAR)"
+            checks = [Check("numeric_abs", f"MAX(ABS({column}))"),
+                      Check("numeric_scale", f"MAX(CASE WHEN INSTR({text}, '.') > 0 THEN "
+                                             f"LENGTH({text}) - INSTR({text}, '.') ELSE 0 END)")]  # fmt: skip
+    elif kind in ("DATE", "DATETIME", "TIMESTAMP"):
+        # A zero date ('0000-00-00', or a zero month or day) reads as NULL through the drivers:
+        # refused, never exported as a NULL it is not.
+        rule = "mysql_zero_date"
+        checks = [Check("mysql_zero_date", f"SUM(CASE WHEN {column} IS NOT NULL AND (MONTH({column}) = 0 OR "
+                                           f"DAYOFMONTH({column}) = 0) THEN 1 ELSE 0 END)")]  # fmt: skip
+    return ColumnSpec(name, t.display, None if arrow is None else type_to_text(arrow), column, None,
+                      checks=tuple(checks), rule=rule)  # fmt: skip

@@ -176,6 +176,9 @@ class ParquetFormat:
     media_type: str = "application/vnd.apache.parquet"
     suffix: str = ".parquet"
 
+    def check(self, schema: pa.Schema) -> None:
+        """Every type the plan makes has its exact Parquet type (the planner refuses the others)."""
+
     def write_part(self, sink: Any, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> int:
         return write_parquet(sink, schema, batches)
 

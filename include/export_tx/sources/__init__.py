@@ -1,7 +1,8 @@
 """Where export rows come from: one module per kind of source, each a :class:`Source`.
 
 ``sqlite`` (a SQLite file; the embedded demo database) and ``postgres`` (an Airflow connection
-to PostgreSQL) stream Arrow record batches through ADBC (``adbc``). A definition's SQL uses
+to PostgreSQL) stream Arrow record batches through ADBC (``adbc``); ``dbapi`` reads any other
+Airflow SQL connection (MySQL/MariaDB mapped exactly) through its provider's hook. A definition's SQL uses
 ``:name`` placeholders; they are **bound**, never formatted into the text (``base``).
 """
 
@@ -19,6 +20,7 @@ from export_tx.sources.base import (
     time_limit,
     to_positional,
 )
+from export_tx.sources.dbapi import DbApiSource
 from export_tx.sources.postgres import PgBinding, PostgresSource, postgres_uri, to_session_settings
 from export_tx.sources.sqlite import SqliteSource
 
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "WRAPPER_PREFIX",
+    "DbApiSource",
     "Described",
     "PgBinding",
     "PostgresSource",

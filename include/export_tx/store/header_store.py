@@ -90,6 +90,7 @@ class HeaderStore:
         notify_delay_minutes: float = config.NOTIFY_DELAY_DEFAULT,
         retention_days: int | None = None,
         label: str | None = None,
+        format: str = "parquet",
         idempotency_key: str | None = None,
         request_hash: str | None = None,
     ) -> tuple[Header, bool]:
@@ -107,6 +108,7 @@ class HeaderStore:
                     notify_delay_minutes=notify_delay_minutes,
                     retention_days=retention_days,
                     label=label,
+                    format=format,
                     idempotency_key=idempotency_key,
                     request_hash=request_hash,
                 )

@@ -60,6 +60,8 @@ class Header:
     started_at: datetime | None
     finished_at: datetime | None
     label: str | None = None
+    #: The file format's name (:mod:`export_tx.formats`).
+    format: str = "parquet"
 
     @classmethod
     def from_row(cls, row: sa.RowMapping) -> Header:
@@ -132,6 +134,7 @@ class NewHeader:
     notify_delay_minutes: float = config.NOTIFY_DELAY_DEFAULT
     retention_days: int | None = None
     label: str | None = None
+    format: str = "parquet"
     idempotency_key: str | None = None
     request_hash: str | None = None
 
@@ -150,6 +153,7 @@ class NewHeader:
             "notify_delay_minutes": self.notify_delay_minutes,
             "retention_days": self.retention_days,
             "label": self.label,
+            "format": self.format,
             "notification_state": NotificationState.PENDING if self.notify_email else NotificationState.NOT_REQUESTED,
             "created_at": now,
             "updated_at": now,

@@ -25,6 +25,8 @@ headers = sa.Table(
     sa.Column("requested_by", sa.String(250), nullable=False),
     # The requester's own name for the export, shown beside the token (optional).
     sa.Column("label", sa.String(100)),
+    # The file format (export_tx.formats); headers written before formats existed are Parquet.
+    sa.Column("format", sa.String(20), nullable=False, server_default="parquet"),
     sa.Column("idempotency_key", sa.String(250)),
     sa.Column("request_hash", sa.String(64)),
     sa.Column("notify_email", sa.Text),  # up to 10 addresses of 254 characters
