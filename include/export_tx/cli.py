@@ -271,6 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
         "one header line, binary as base64; jsonl: JSON Lines, decimals as exact strings; .gz: gzip-compressed",
     )  # fmt: skip
     req.add_argument(
+        "--notify-webhook", metavar="URL",
+        help="a URL to POST a signed JSON event to when the export ends (export.succeeded, export.failed): https, "
+        "without a user or password, on a host the deployment allows; verify its Export-Signature header with the "
+        "deployment's webhook secret",
+    )  # fmt: skip
+    req.add_argument(
         "--idempotency-key", metavar="KEY",
         help="at most 200 characters; requesting again with the same key and options answers the same export "
         "instead of starting another (other options under that key are refused)",
@@ -402,7 +408,7 @@ def _run(client: httpx.Client, args: argparse.Namespace) -> int:
         for key, value in (("batch_size", args.batch_size), ("notify_email", args.notify_email),
                            ("notify_delay_minutes", args.notify_delay),
                            ("retention_days", args.retention_days), ("label", args.label),
-                           ("format", args.format)):  # fmt: skip
+                           ("format", args.format), ("notify_webhook", args.notify_webhook)):  # fmt: skip
             if value is not None:
                 body[key] = value
         headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}

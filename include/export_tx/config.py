@@ -164,6 +164,60 @@ def mail_from() -> str:
     return _env("EXPORT_TX_MAIL_FROM", "exports@localhost") or "exports@localhost"
 
 
+# -- the webhook channel ---------------------------------------------------------------------------
+
+#: The Airflow connection whose password is the deployment's webhook signing secret.
+WEBHOOK_CONN_ID = "export_webhook"
+#: The longest webhook URL a request may give.
+WEBHOOK_URL_MAX_CHARS = 2_000
+#: Attempts of a failed export's event, made at once from the export's own run (it must end
+#: soon: a few tries, their waits capped at :data:`WEBHOOK_INLINE_DELAY_MAX`).
+WEBHOOK_INLINE_ATTEMPTS = 3
+WEBHOOK_INLINE_DELAY_MAX = 10.0
+
+
+def webhook_secret_env() -> str | None:
+    """The signing secret when no ``export_webhook`` connection holds one (``EXPORT_TX_WEBHOOK_SECRET``)."""
+    return _env("EXPORT_TX_WEBHOOK_SECRET")
+
+
+def webhook_allowed_hosts() -> tuple[str, ...]:
+    """The hosts webhooks may be sent to (``EXPORT_TX_WEBHOOK_ALLOWED_HOSTS``, comma-separated host
+    names or ``*.example.com`` patterns). Empty: none. A pattern wider than one domain (``*``,
+    ``*.com``) is dropped: it would let requesters make the workers call any address."""
+    hosts = []
+    for item in (_env("EXPORT_TX_WEBHOOK_ALLOWED_HOSTS", "") or "").split(","):
+        host = item.strip().lower().rstrip(".")
+        if not host:
+            continue
+        if "*" in host and not (host.startswith("*.") and "*" not in host[2:] and "." in host[2:]):
+            continue
+        hosts.append(host)
+    return tuple(hosts)
+
+
+def webhook_allow_http() -> bool:
+    """Plain http webhooks (``EXPORT_TX_WEBHOOK_ALLOW_HTTP``): for tests and closed networks only;
+    otherwise the event, and its download link, would cross the network in clear text."""
+    return (_env("EXPORT_TX_WEBHOOK_ALLOW_HTTP", "") or "").strip().lower() in ("1", "true", "yes")
+
+
+def webhook_timeout_seconds() -> float:
+    """How long one delivery waits for the receiver (connect and answer)."""
+    return _seconds("EXPORT_TX_WEBHOOK_TIMEOUT_SECONDS", 10.0)
+
+
+def webhook_retries() -> int:
+    """Retries of a transient failure (read when the DAG file is parsed: environment only)."""
+    return _whole("EXPORT_TX_WEBHOOK_RETRIES", 4)
+
+
+def webhook_retry_delay_seconds() -> float:
+    """The first retry's delay; each next one doubles (Airflow's exponential backoff, with its
+    jitter), and the failure event's in-process retries use it the same way."""
+    return _seconds("EXPORT_TX_WEBHOOK_RETRY_DELAY_SECONDS", 30.0)
+
+
 def s3_public_endpoint() -> str | None:
     """Where requesters' browsers reach the object store, when the workers reach it elsewhere."""
     return _env("EXPORT_TX_S3_PUBLIC_ENDPOINT")

@@ -410,8 +410,11 @@ def finalize(store: HeaderStore, tx_id: str) -> Outcome:
             store.add_event(tx_id, "cleanup", "removed the files of the unfinished export")
     if final.state == State.FAILED:
         from export_tx.notifications.email import send_failure_email
+        from export_tx.notifications.webhook import deliver_failure_event
 
+        # Both at once, from this run (neither raises): a failed export has no notification run.
         send_failure_email(store, final)
+        deliver_failure_event(store, final)
     return Outcome(False, final.error or f"the export ended {final.state.value}")
 
 

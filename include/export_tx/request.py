@@ -32,6 +32,9 @@ class ExportRequest:
     label: str | None = None
     #: The file format (:data:`export_tx.formats.NAMES`).
     format: str = formats.DEFAULT
+    #: A URL to POST the signed ``export.succeeded``/``export.failed`` event to
+    #: (:mod:`export_tx.notifications.webhook`); its host must be on the deployment's allow-list.
+    notify_webhook: str | None = None
 
     def as_conf(self) -> dict[str, Any]:
         return asdict(self)
@@ -47,6 +50,7 @@ def salvaged_fields(conf: dict[str, Any]) -> dict[str, Any]:
     batch_size = conf.get("batch_size")
     delay = conf.get("notify_delay_minutes")
     email = conf.get("notify_email")
+    hook = conf.get("notify_webhook")
     return {
         "definition": str(conf.get("definition"))[:100],
         "params": conf.get("params") if isinstance(conf.get("params"), dict) else {},
@@ -58,6 +62,8 @@ def salvaged_fields(conf: dict[str, Any]) -> dict[str, Any]:
         "notify_delay_minutes": delay
         if isinstance(delay, int) and not isinstance(delay, bool)
         else config.NOTIFY_DELAY_DEFAULT,
+        # The same for a webhook, only if its URL passes every check (never POST to a refused one).
+        "notify_webhook": hook if isinstance(hook, str) and hook and _webhook_problem(hook) is None else None,
     }
 
 
@@ -123,6 +129,30 @@ def _label_field(value: Any, errors: list[FieldError]) -> str | None:
     return value.strip()
 
 
+def _webhook_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be this deployment's webhook (None: it can). Nothing is resolved."""
+    from export_tx.notifications import webhook
+
+    if not webhook.enabled():
+        return webhook.NOT_ENABLED
+    return webhook.url_problem(value)
+
+
+def _webhook_field(value: Any, errors: list[FieldError]) -> str | None:
+    """One http(s) URL on the deployment's allow-list. The refusal never quotes the URL (it may
+    hold the receiver's token) and says what is allowed."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        value = value.strip()
+    problem = _webhook_problem(value)
+    if problem is not None:
+        errors.append(FieldError("notify_webhook", problem))
+        return None
+    assert isinstance(value, str)
+    return value
+
+
 def _format_field(value: Any, errors: list[FieldError]) -> str:
     if value is None:
         return formats.DEFAULT
@@ -175,6 +205,7 @@ def parse_request(conf: dict[str, Any] | None) -> ExportRequest:
     email = _email_field(conf.get("notify_email"), errors)
     label = _label_field(conf.get("label"), errors)
     file_format = _format_field(conf.get("format"), errors)
+    hook = _webhook_field(conf.get("notify_webhook"), errors)
     retention = conf.get("retention_days")
     if retention is not None:
         longest = definition.longest_retention() if definition is not None else RETENTION_DAYS_LIMIT
@@ -198,4 +229,5 @@ def parse_request(conf: dict[str, Any] | None) -> ExportRequest:
         retention_days=retention,
         label=label,
         format=file_format,
+        notify_webhook=hook,
     )

@@ -38,6 +38,17 @@ class NotificationState(StrEnum):
     FAILED = "failed"
 
 
+class WebhookState(StrEnum):
+    """The requester's webhook, as the header shows it (``webhook_state``)."""
+
+    NOT_REQUESTED = "not_requested"
+    #: Asked for, not delivered yet (waiting for the export, or between retries).
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    #: Given up: a final answer (4xx but 429, a redirect, a URL no longer allowed) or the retries ran out.
+    FAILED = "failed"
+
+
 TERMINAL: frozenset[State] = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED, State.EXPIRED})
 ACTIVE: frozenset[State] = frozenset(set(State) - TERMINAL)
 

@@ -47,6 +47,7 @@ def test_params_are_the_run_conf_contract() -> None:
         "retention_days",
         "label",
         "format",
+        "notify_webhook",
     }
     for name in params.keys():
         param = params.get_param(name)
@@ -83,8 +84,11 @@ def test_the_email_waits_in_a_dag_of_its_own() -> None:
 
     bag = DagBag(dag_folder=str(REPO / "dags"))
     notification = bag.dags["export_notification"]
-    assert set(notification.task_ids) == {"wait_for_download_or_delay", "notify_requester"}
+    assert set(notification.task_ids) == {"wait_for_download_or_delay", "notify_requester", "deliver_webhook"}
     assert notification.get_task("wait_for_download_or_delay").deferrable is True
+    # The webhook goes at once, beside the e-mail's wait (never after it), retried with backoff.
+    hook = notification.get_task("deliver_webhook")
+    assert hook.upstream_task_ids == set() and hook.retries >= 2 and hook.retry_exponential_backoff == 2.0
     assert notification.max_active_runs >= 100
     export = bag.dags["export_transaction"]
     assert export.get_task("request_notification").trigger_dag_id == "export_notification"

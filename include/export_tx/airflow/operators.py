@@ -1,4 +1,5 @@
-"""Operators: sending the requester's e-mail, and starting it as a run of its own."""
+"""Operators: sending the requester's e-mail, delivering the webhook, and starting both as a run
+of their own."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ from typing import Any
 
 from airflow.providers.smtp.operators.smtp import EmailOperator
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.sdk import BaseOperator
 
 from export_tx.airflow.sensors import skip_downloaded, truthy
 from export_tx.notifications import record
 from export_tx.notifications.email import SMTP_CONN_ID, mail_from, ready_email
-from export_tx.states import NotificationState
+from export_tx.states import NotificationState, WebhookState
 from export_tx.store import HeaderStore, utcnow
 
 
@@ -70,10 +72,53 @@ class NotifyRequesterOperator(EmailOperator):
         )
 
 
+class WebhookNotDelivered(Exception):
+    """A transient failure of a webhook delivery (lost connection, timeout, 429, 5xx): Airflow retries."""
+
+
+class DeliverWebhookOperator(BaseOperator):
+    """POSTs the signed ``export.succeeded`` event to the request's webhook, at once (no delay, a
+    download changes nothing). Transient failures are raised for Airflow's retries (exponential
+    backoff); a final answer (4xx but 429, a redirect, a URL no longer allowed) fails without one.
+    A resend of the e-mail does not deliver the webhook again."""
+
+    template_fields = ("tx_id", "resend")
+
+    def __init__(self, *, tx_id: str, resend: Any = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.tx_id = tx_id
+        self.resend = resend
+
+    def execute(self, context: Any) -> None:
+        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+        from export_tx.notifications import webhook
+
+        if truthy(self.resend):
+            raise AirflowSkipException("an e-mail sent again: the webhook is not")
+        store = HeaderStore.from_settings()
+        header = store.find(self.tx_id)
+        if header is None or not header.webhook_url:
+            raise AirflowSkipException("no notify_webhook was given")
+        if header.state.value != "SUCCEEDED":
+            raise AirflowSkipException(f"the export is {header.state.value}")
+        if header.webhook_state != WebhookState.PENDING:
+            # A cleared task: delivered (or given up) already; receivers would get it twice.
+            raise AirflowSkipException(f"the webhook is {header.webhook_state} already")
+        ti = context.get("ti")
+        last = int(getattr(ti, "try_number", 1) or 1) > int(getattr(ti, "max_tries", 0) or 0)
+        result = webhook.attempt(store, header, webhook.SUCCEEDED, last=last)
+        if result.delivered:
+            return
+        if result.transient and not last:
+            raise WebhookNotDelivered(f"webhook not delivered ({result.detail}); Airflow retries it")
+        raise AirflowFailException(f"webhook not delivered ({result.detail})")
+
+
 class RequestNotification(TriggerDagRunOperator):
-    """Starts the export's e-mail as a run of ``export_notification`` (run id ``notify__<token>``)
-    when the request asked for one and the export succeeded; otherwise it succeeds doing nothing,
-    so a good export's graph has no skipped (pink) task in it."""
+    """Starts the export's e-mail and webhook as a run of ``export_notification`` (run id
+    ``notify__<token>``) when the request asked for either and the export succeeded; otherwise it
+    succeeds doing nothing, so a good export's graph has no skipped (pink) task in it."""
 
     def execute(self, context: Any) -> Any:
         from export_tx.config import notification_run_id
@@ -81,8 +126,8 @@ class RequestNotification(TriggerDagRunOperator):
 
         tx_id = context["run_id"]  # the export's run: its id is the transaction's
         header = HeaderStore.from_settings().get(tx_id)
-        if header.state != State.SUCCEEDED or not header.notify_email:
-            self.log.info("no e-mail was asked for: nothing to start")
+        if header.state != State.SUCCEEDED or not (header.notify_email or header.webhook_url):
+            self.log.info("no e-mail or webhook was asked for: nothing to start")
             return None
         self.trigger_run_id = notification_run_id(tx_id)
         return super().execute(context)

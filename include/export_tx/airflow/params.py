@@ -85,4 +85,13 @@ def build_params() -> dict[str, Any]:
             "base64); jsonl (JSON Lines, decimals as exact strings, binary as base64); csv.gz, jsonl.gz: the same, "
             "gzip-compressed.",
         ),
+        "notify_webhook": Param(
+            None,
+            type=["null", "string"],
+            maxLength=config.WEBHOOK_URL_MAX_CHARS,
+            title="Notify webhook",
+            description="Optional: a URL to POST a signed JSON event to when the export ends (export.succeeded or "
+            "export.failed). https, no user or password, a host on the deployment's allow-list "
+            "(EXPORT_TX_WEBHOOK_ALLOWED_HOSTS); refused when the deployment has no webhook secret.",
+        ),
     }

@@ -370,6 +370,20 @@ class TransactionRequest(BaseModel):
             }
         ),
     ] = None
+    notify_webhook: Annotated[
+        Any,
+        _documented(
+            {
+                "type": ["string", "null"],
+                "maxLength": config.WEBHOOK_URL_MAX_CHARS,
+                "description": "a URL to POST a signed JSON event to when the export ends (export.succeeded or "
+                "export.failed; the Export-Signature header is t=<unix seconds>,v1=<hex HMAC-SHA256 of "
+                '"<t>.<raw body>" with the deployment\'s webhook secret>). https (http only where the deployment '
+                "allows it), no user or password, and a host on the deployment's allow-list; redirects are not "
+                "followed. Refused when this deployment has no webhook secret",
+            }
+        ),
+    ] = None
 
 
 @app.exception_handler(RequestValidationError)
@@ -406,6 +420,9 @@ def _request_hash(conf: dict[str, Any]) -> str:
     if conf.get("format") == formats.DEFAULT:
         # Requests made before the format could be chosen keep their hash (an Idempotency-Key replay).
         conf = {k: v for k, v in conf.items() if k != "format"}
+    if conf.get("notify_webhook") is None:
+        # Likewise requests made before webhooks existed.
+        conf = {k: v for k, v in conf.items() if k != "notify_webhook"}
     return hashlib.sha256(json.dumps(conf, sort_keys=True, default=str).encode()).hexdigest()
 
 

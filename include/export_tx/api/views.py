@@ -30,10 +30,18 @@ class Result(BaseModel):
     expires_at: datetime | None
 
 
+class Webhook(BaseModel):
+    url: str | None = Field(description="the URL the signed event is POSTed to; null: none was given")
+    state: str = Field(description="not_requested, pending, delivered or failed")
+    delivered_at: datetime | None
+    attempts: int = Field(description="POSTs made so far")
+
+
 class Notification(BaseModel):
     email: str | None
     state: str
     sent_at: datetime | None
+    webhook: Webhook | None = None
 
 
 class Links(BaseModel):
@@ -158,7 +166,17 @@ def transaction(header: Header, *, admin: bool = False) -> Transaction:
         result=result,
         error=header.error,
         notification=Notification(
-            email=header.notify_email, state=header.notification_state, sent_at=header.notification_sent_at
+            email=header.notify_email,
+            state=header.notification_state,
+            sent_at=header.notification_sent_at,
+            # The URL may hold the receiver's token: like the e-mail, only the owner and admins
+            # ever see a status record.
+            webhook=Webhook(
+                url=header.webhook_url,
+                state=header.webhook_state,
+                delivered_at=header.webhook_delivered_at,
+                attempts=header.webhook_attempts,
+            ),
         ),
         downloaded_at=header.downloaded_at,
         cancelled_by=header.cancelled_by,

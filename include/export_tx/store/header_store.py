@@ -91,6 +91,7 @@ class HeaderStore:
         retention_days: int | None = None,
         label: str | None = None,
         format: str = "parquet",
+        notify_webhook: str | None = None,
         idempotency_key: str | None = None,
         request_hash: str | None = None,
     ) -> tuple[Header, bool]:
@@ -109,6 +110,7 @@ class HeaderStore:
                     retention_days=retention_days,
                     label=label,
                     format=format,
+                    notify_webhook=notify_webhook,
                     idempotency_key=idempotency_key,
                     request_hash=request_hash,
                 )

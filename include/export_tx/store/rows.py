@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from export_tx import config
-from export_tx.states import TERMINAL, NotificationState, State
+from export_tx.states import TERMINAL, NotificationState, State, WebhookState
 
 
 def utcnow() -> datetime:
@@ -62,6 +62,12 @@ class Header:
     label: str | None = None
     #: The file format's name (:mod:`export_tx.formats`).
     format: str = "parquet"
+    #: The webhook the request gave (None: none), its state (:class:`WebhookState`), when it was
+    #: delivered and how many POSTs were made.
+    webhook_url: str | None = None
+    webhook_state: str = WebhookState.NOT_REQUESTED.value
+    webhook_delivered_at: datetime | None = None
+    webhook_attempts: int = 0
 
     @classmethod
     def from_row(cls, row: sa.RowMapping) -> Header:
@@ -135,6 +141,8 @@ class NewHeader:
     retention_days: int | None = None
     label: str | None = None
     format: str = "parquet"
+    #: The request's field ``notify_webhook``: stored as the header's ``webhook_url``.
+    notify_webhook: str | None = None
     idempotency_key: str | None = None
     request_hash: str | None = None
 
@@ -154,6 +162,8 @@ class NewHeader:
             "retention_days": self.retention_days,
             "label": self.label,
             "format": self.format,
+            "webhook_url": self.notify_webhook,
+            "webhook_state": WebhookState.PENDING if self.notify_webhook else WebhookState.NOT_REQUESTED,
             "notification_state": NotificationState.PENDING if self.notify_email else NotificationState.NOT_REQUESTED,
             "created_at": now,
             "updated_at": now,

@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from export_tx import config
-from export_tx.states import BatchState
+from export_tx.states import BatchState, WebhookState
 
 metadata = sa.MetaData()
 _BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -34,6 +34,12 @@ headers = sa.Table(
     sa.Column("retention_days", sa.Integer),
     sa.Column("notification_state", sa.String(30), nullable=False),
     sa.Column("notification_sent_at", _TS),
+    # The requester's webhook (optional): its URL (checked against the deployment's allow-list),
+    # how its delivery went, and how many POSTs it took. Headers from before webhooks: none asked.
+    sa.Column("webhook_url", sa.Text),
+    sa.Column("webhook_state", sa.String(30), nullable=False, server_default=WebhookState.NOT_REQUESTED.value),
+    sa.Column("webhook_delivered_at", _TS),
+    sa.Column("webhook_attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("batches_total", sa.Integer),
     sa.Column("batches_done", sa.Integer, nullable=False, server_default="0"),
     sa.Column("rows_planned", sa.BigInteger),

@@ -73,6 +73,9 @@ def test_a_body_over_64_kib_is_413_and_nothing_is_recorded(client: Any) -> None:
         ({"definition": "demo_orders", "params": {"status": "s" * 20_000}}, "params.status", "is not allowed"),
         ({"definition": "demo_by_country", "params": {"country": 5}}, "params.country", "is not allowed"),
         ({"definition": "demo_orders", "retention_days": 3650}, "retention_days", "allowed: 1 to 30"),
+        # No webhook secret in this deployment: refused before the URL is even looked at.
+        ({"definition": "demo_orders", "notify_webhook": "https://169.254.169.254/" + "x" * 1900},
+         "notify_webhook", "webhooks are not enabled in this deployment"),
     ],
 )  # fmt: skip
 def test_bounded_fields_name_the_field_and_never_echo_the_value(

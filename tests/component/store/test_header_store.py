@@ -177,3 +177,25 @@ def test_a_store_from_an_older_version_gains_new_columns(tmp_path: Path) -> None
     assert "retention_days" not in {c["name"] for c in sa.inspect(store.engine).get_columns("export_header")}
     store.ensure_schema()
     assert store.get(tx).retention_days is None and store.get(tx).requested_by == "ana"
+
+
+def test_the_webhook_columns_are_added_to_an_older_store_with_their_defaults(store: HeaderStore) -> None:
+    """A store from before webhooks: its headers read as not asked for one, none attempted."""
+    import sqlalchemy as sa
+
+    old = _new(store)
+    with store.engine.begin() as conn:
+        for column in ("webhook_url", "webhook_state", "webhook_delivered_at", "webhook_attempts"):
+            conn.exec_driver_sql(f"ALTER TABLE export_header DROP COLUMN {column}")
+    store.ensure_schema()
+    header = store.get(old)
+    assert (header.webhook_url, header.webhook_state, header.webhook_delivered_at, header.webhook_attempts) == (
+        None, "not_requested", None, 0)  # fmt: skip
+    asked = _new(store, notify_webhook="https://hooks.example.com/x")
+    assert (store.get(asked).webhook_url, store.get(asked).webhook_state) == ("https://hooks.example.com/x", "pending")
+    from export_tx.store import headers
+
+    for _ in range(2):  # counted in the database: two processes never lose an attempt
+        store.update(asked, webhook_attempts=headers.c.webhook_attempts + 1)
+    assert store.get(asked).webhook_attempts == 2
+    assert "webhook_state" in {c["name"] for c in sa.inspect(store.engine).get_columns("export_header")}
