@@ -14,7 +14,7 @@ import pytest
 from export_tx.catalog import registry
 from export_tx.definition import ExportDefinition
 from export_tx.planning import plan_export
-from export_tx.sources import PostgresSource
+from export_tx.sources import DbApiSource, PostgresSource
 from export_tx.states import State
 from tests.helpers import demo_source_rows, local_path, read_result, run_export, store
 
@@ -35,7 +35,7 @@ def test_every_definition_is_published_as_written(name: str) -> None:
 
 
 def _reachable(definition: ExportDefinition) -> bool:
-    if isinstance(definition.source, PostgresSource):
+    if isinstance(definition.source, PostgresSource | DbApiSource):  # an Airflow connection
         return f"AIRFLOW_CONN_{definition.source.conn_id.upper()}" in os.environ
     return Path(definition.source.uri()).exists()
 

@@ -154,23 +154,13 @@ def definition_from_mapping(raw: Any, origin: str, default_name: str | None = No
         raise _named(origin, exc) from exc
 
 
-def connection_source(conn_id: str) -> PostgresSource | SqliteSource | DbApiSource:
-    """The source an Airflow connection names, by its conn_type — the only thing read here (no
-    hook, no driver, nothing opened). PostgreSQL, and a connection not defined here (it stays
-    listed as unavailable, as before), read through ADBC; any other SQL connection through its hook."""
-    from export_tx.sources import DbApiSource, PostgresSource, SqliteSource
+def connection_source(conn_id: str) -> DbApiSource:
+    """The source an Airflow connection names. Nothing is looked up here: definitions load when a DAG
+    file is parsed, and a connection may live in the metadata database or a secrets backend. The
+    connection's type decides when the export runs: PostgreSQL keeps its ADBC path (binary COPY,
+    typed binding), any other SQL connection is read through its provider's hook."""
+    from export_tx.sources import DbApiSource
 
-    try:
-        from airflow.sdk import BaseHook
-
-        conn = BaseHook.get_connection(conn_id)
-    except Exception:  # AirflowNotFoundException, or no way to reach the connections at all
-        return PostgresSource(conn_id)
-    kind = str(conn.conn_type or "").lower()
-    if kind in ("postgres", "postgresql"):
-        return PostgresSource(conn_id)
-    if kind == "sqlite" and conn.host:
-        return SqliteSource(conn.host)
     return DbApiSource(conn_id)
 
 
