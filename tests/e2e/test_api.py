@@ -158,7 +158,10 @@ def test_request_poll_download(clients: dict[str, httpx.Client], stack: AirflowS
     source_rows = 3000  # 15 % of the 20,000 demo orders are shipped
     assert final["progress"] == {"batches_total": 3, "batches_done": 3, "rows_written": source_rows, "percent": 100}
     assert final["result"]["rows"] == source_rows and final["error"] is None
-    assert final["notification"] == {"email": None, "state": "not_requested", "sent_at": None}
+    assert final["notification"] == {
+        "email": None, "state": "not_requested", "sent_at": None,
+        "webhook": {"url": None, "state": "not_requested", "delivered_at": None, "attempts": 0},
+    }  # fmt: skip
     assert max(seen_progress) == 100
 
     download = analyst.get(tx_url(tx["id"]) + "/download")
