@@ -512,6 +512,11 @@ class Counted:
     first_key: Any
     #: The last key of an integer key on PostgreSQL (None otherwise): the range a histogram splits.
     last_key: int | None = None
+    #: The key's histogram, counted in the same pass (an integer key on PostgreSQL): ``(bucket,
+    #: rows)`` in key order, as :func:`batches_from_histogram` reads it.
+    histogram: tuple[tuple[int, int], ...] = ()
+    #: The histogram's bucket width (0: no histogram).
+    width: int = 0
 
 
 def plan_schema(definition: ExportDefinition, params: Mapping[str, Any]) -> tuple[SchemaPlan, Counted]:
@@ -544,8 +549,18 @@ def plan_schema(definition: ExportDefinition, params: Mapping[str, Any]) -> tupl
             first_key = None if pg.name == "uuid" else f"CAST({first_key} AS text)"
         elif pg.name in ("int2", "int4", "int8"):
             last_key = f"MAX({key_sql})"
-    total, with_key, first, last, results = _run_checks(definition, values, specs, key.name, first_key, last_key,
-                                                        binding)  # fmt: skip
+    counted: Counted | None = None
+    results: list[dict[str, Any]] = []
+    if last_key is not None:  # an integer key on PostgreSQL: its range, then one pass counts it all
+        assert binding is not None
+        one_pass = _integer_key_pass(definition, values, specs, key.name, binding)
+        if one_pass is not None:
+            counted, results = one_pass
+    if counted is None:
+        total, with_key, first, last, results = _run_checks(definition, values, specs, key.name, first_key,
+                                                            last_key, binding)  # fmt: skip
+        counted = Counted(total, with_key, first, last)
+    total = counted.rows
     if total > definition.max_rows:
         raise TooManyRows(
             f"the export matches {total:,} rows, over the {definition.max_rows:,} allowed for "
@@ -567,7 +582,7 @@ def plan_schema(definition: ExportDefinition, params: Mapping[str, Any]) -> tupl
     output = output_schema(definition, source_schema)
     notes = tuple(f"{c.name}: {c.note}" for c in finished if c.note)
     schema = SchemaPlan(tuple(finished), key, key_sql, dialect, binding, schema_to_text(output), notes)
-    return schema, Counted(total, with_key, first, last)
+    return schema, counted
 
 
 def output_schema(definition: ExportDefinition, schema: pa.Schema) -> pa.Schema:
@@ -583,21 +598,89 @@ def output_schema(definition: ExportDefinition, schema: pa.Schema) -> pa.Schema:
             "transform", f"fails on the query's columns ({type(exc).__name__}: {exc})")]) from exc  # fmt: skip
 
 
-#: Buckets of a key histogram per planned batch: a batch's rows are within one bucket of the aim.
-HISTOGRAM_BUCKETS_PER_BATCH = 256
-HISTOGRAM_BUCKETS_MAX = 16_384
+#: Buckets of the key's histogram: a batch's rows are within one bucket of its share (a few
+#: thousand groups hash in memory; no sort).
+HISTOGRAM_BUCKETS = 16_384
 #: A histogram plan is used only if no batch exceeds its share of the rows by more than this.
 HISTOGRAM_TOLERANCE = 1.25
+#: How each check's per-bucket results combine into the export's (the checks a PostgreSQL column
+#: has); a check not named here makes the planner count in a pass of its own.
+_COMBINED_CHECKS = frozenset({"numeric_abs", "numeric_scale", "array_shape"})
 
 
-def histogram_sql(definition: ExportDefinition, schema: SchemaPlan) -> str:
-    key = f"CAST({quote_identifier(schema.key.name)} AS bigint)"
+def range_sql(definition: ExportDefinition, key: str) -> str:
+    """The least and greatest key. PostgreSQL answers it from an index on the key where the
+    query is a filtered scan of one table (two index probes, milliseconds), else in a scan."""
+    k = quote_identifier(key)
+    return f"SELECT MIN({k}) AS k_min, MAX({k}) AS k_max FROM ({definition.sql}) AS src"  # noqa: S608
+
+
+def histogram_sql(definition: ExportDefinition, key: str, columns: Sequence[ColumnSpec]) -> tuple[str, list[str]]:
+    """Rows per bucket of the key, with every column check per bucket, in one pass; returns (sql,
+    check aliases). Rows without a key fall in the NULL bucket."""
+    k = f"CAST({quote_identifier(key)} AS bigint)"
+    parts = [f"({k} - (SELECT :export_tx_first)) / (SELECT :export_tx_width) AS b", "COUNT(*) AS n"]
+    aliases = []
+    for i, spec in enumerate(columns):
+        for j, check in enumerate(spec.checks):
+            aliases.append(f"c{i}_{j}")
+            parts.append(f"{check.sql} AS {aliases[-1]}")
     # Each bound value in a sub-select: PostgreSQL then reads it once for the query (an InitPlan),
-    # not once per row (20M rows: 2.4 s instead of 5.2 s).
-    return (
-        f"SELECT ({key} - (SELECT :export_tx_first)) / (SELECT :export_tx_width) AS b, COUNT(*) AS n "  # noqa: S608
-        f"FROM ({definition.sql}) AS src GROUP BY 1"  # unordered: a hash of a few thousand groups, no sort
-    )
+    # not once per row (20M rows: 2.4 s instead of 5.2 s). Unordered: a hash of the buckets.
+    return f"SELECT {', '.join(parts)} FROM ({definition.sql}) AS src GROUP BY 1", aliases  # noqa: S608
+
+
+def combine_checks(kind: str, values: Sequence[Any]) -> Any:
+    """One check's result over the whole export from its results per bucket (NULL: no value)."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    if kind == "array_shape":
+        return any(present)
+    if kind == "numeric_scale":
+        return max(int(v) for v in present)
+    if kind == "numeric_abs":  # PostgreSQL's order: NaN above Infinity above every number
+
+        def rank(v: Any) -> tuple[int, Decimal]:
+            d = _decimal(v)
+            assert d is not None
+            return (1, Decimal(0)) if d.is_nan() else (0, d)
+
+        return max(present, key=rank)
+    raise ValueError(f"no way to combine the check {kind!r}")
+
+
+def _integer_key_pass(
+    definition: ExportDefinition, values: Mapping[str, Any], specs: Sequence[ColumnSpec], key: str,
+    binding: PgBinding,
+) -> tuple[Counted, list[dict[str, Any]]] | None:  # fmt: skip
+    """An integer key on PostgreSQL: its range (from the index where there is one), then one pass
+    that counts the rows per bucket of the range and runs every column check — where counting, then
+    grouping, was two passes (20M rows: about 3 s less). None where the checks do not combine by
+    bucket or the range is empty or too wide: the caller counts in a pass of its own."""
+    if any(check.kind not in _COMBINED_CHECKS for spec in specs for check in spec.checks):
+        return None
+    bounds = fetch_all(definition.source, range_sql(definition, key), values, binding).to_pylist()[0]
+    first, last = bounds["k_min"], bounds["k_max"]
+    if not isinstance(first, int) or not isinstance(last, int) or last - first >= 2**62:
+        return None
+    width = max(1, math.ceil((last - first + 1) / HISTOGRAM_BUCKETS))
+    sql, aliases = histogram_sql(definition, key, specs)
+    table = fetch_all(definition.source, sql, {**values, "export_tx_first": first, "export_tx_width": width},
+                      binding).to_pydict()  # fmt: skip
+    rows = [int(n) for n in table["n"]]
+    total = sum(rows)
+    buckets = sorted((int(b), n) for b, n in zip(table["b"], rows, strict=True) if b is not None)
+    results: list[dict[str, Any]] = []
+    position = 0
+    for spec in specs:
+        found: dict[str, Any] = {}
+        for check in spec.checks:
+            found[check.kind] = combine_checks(check.kind, table[aliases[position]])
+            position += 1
+        results.append(found)
+    with_key = sum(n for _, n in buckets)
+    return Counted(total, with_key, first, last, tuple(buckets), width), results
 
 
 def batches_from_histogram(
@@ -621,25 +704,16 @@ def batches_from_histogram(
     return plan
 
 
-def _histogram_batches(
-    definition: ExportDefinition, params: Mapping[str, Any], schema: SchemaPlan, counted: Counted, size: int
-) -> list[PlannedBatch] | None:
-    """Batches of an integer key from a histogram of its range — one parallel pass that groups, where
-    numbering every row in key order is a serial window pass (20M rows: 2.6 s against 5.1 s). None
-    when it cannot do as well: no integer range known, or a bucket so heavy the batches would be
-    uneven (a key bunched into a few values)."""
-    first, last = counted.first_key, counted.last_key
-    if not isinstance(first, int) or not isinstance(last, int) or last - first >= 2**62:
+def _histogram_batches(counted: Counted, size: int) -> list[PlannedBatch] | None:
+    """Batches of an integer key from its histogram (counted with the rows) — where numbering every
+    row in key order is a serial window pass (20M rows: 2.6 s against 5.1 s). None when it cannot
+    do as well: no histogram, or a bucket so heavy the batches would be uneven (a key bunched into
+    a few values)."""
+    if not counted.histogram or not isinstance(counted.first_key, int):
         return None
     count = math.ceil(counted.rows / size)
-    span = last - first + 1
-    width = max(1, math.ceil(span / min(HISTOGRAM_BUCKETS_MAX, HISTOGRAM_BUCKETS_PER_BATCH * count)))
-    values = {**definition.bind_values(params), "export_tx_first": first, "export_tx_width": width}
-    table = fetch_all(definition.source, histogram_sql(definition, schema), values, schema.binding)
-    buckets = sorted(zip(table.column("b").to_pylist(), table.column("n").to_pylist(), strict=True))
-    total = sum(n for _, n in buckets)
-    plan = batches_from_histogram(buckets, first, width, total, count)
-    if max(b.planned_rows for b in plan) > HISTOGRAM_TOLERANCE * total / count:
+    plan = batches_from_histogram(counted.histogram, counted.first_key, counted.width, counted.rows, count)
+    if max(b.planned_rows for b in plan) > HISTOGRAM_TOLERANCE * counted.rows / count:
         return None
     return plan
 
@@ -663,7 +737,7 @@ def plan_export(
         # One batch from the first key: the counting pass found it, no second pass numbers the rows.
         batches = [PlannedBatch(batch_no=1, lo=counted.first_key, hi=None, planned_rows=total)]
     else:
-        batches = _histogram_batches(definition, params, schema, counted, size) or []
+        batches = _histogram_batches(counted, size) or []
         if not batches:  # numbered in key order: exact, whatever the key
             values = {**definition.bind_values(params), "export_tx_batch_size": size}
             starts = fetch_all(definition.source, starts_sql(definition, schema), values, schema.binding)

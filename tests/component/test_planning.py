@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import psycopg
+import pyarrow as pa
 import pytest
 
 from export_tx.definition import ExportDefinition
@@ -160,3 +161,89 @@ def test_a_key_bunched_in_a_few_values_falls_back_to_numbering(
     plan = plan_export(_definition(pg_source), {}, 1_000, max_batches=200)
     assert numbered == ["yes"]  # the skewed keys put nearly every row in the histogram's first bucket
     assert [b.planned_rows for b in plan.batches[:-1]] == [1_000] * (len(plan.batches) - 1)
+
+
+@pytest.fixture(scope="module")
+def numbers_source(pg_database: str, monkeypatch_module: pytest.MonkeyPatch) -> PostgresSource:
+    """An integer key over a wide range, a numeric without precision whose largest value, most
+    decimal places and NaN sit in different buckets of the key's histogram."""
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS numbers")
+        conn.execute("CREATE TABLE numbers (id BIGINT PRIMARY KEY, amount NUMERIC, ints INT[], tag TEXT)")
+        conn.execute("INSERT INTO numbers SELECT i * 1000, i % 97, ARRAY[i], 'plain' FROM generate_series(1, 30000) i")
+        conn.execute("UPDATE numbers SET amount = -123456789012.5 WHERE id = 1000")  # the first bucket
+        conn.execute("UPDATE numbers SET amount = 0.000001 WHERE id = 15000000")  # the middle
+        conn.execute("UPDATE numbers SET amount = 'NaN', tag = 'nan' WHERE id = 30000000")  # the last
+        conn.execute("UPDATE numbers SET ints = ARRAY[[1, 2], [3, 4]], tag = 'nested' WHERE id = 29000000")
+    monkeypatch_module.setenv("AIRFLOW_CONN_NUMBERS_PG", pg_database)
+    return PostgresSource("numbers_pg")
+
+
+def _numbers(source: PostgresSource, columns: str = "id, amount, tag") -> ExportDefinition:
+    return ExportDefinition(name="numbers", description="test", source=source,
+                            sql=f"SELECT {columns} FROM numbers WHERE tag <> :skip",
+                            key_column="id", params={"skip": {"type": "string"}},
+                            max_rows=1_000_000)  # fmt: skip
+
+
+def test_an_integer_key_is_counted_checked_and_split_in_one_pass(
+    numbers_source: PostgresSource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL, integer key: the key's range, then one grouping pass counts the rows, checks every
+    column (per bucket, combined) and splits the batches — no counting pass, no numbering pass."""
+    from export_tx import planning
+
+    passes: list[str] = []
+    real_fetch = planning.fetch_all
+
+    def fetch(source: object, sql: str, *rest: object) -> object:
+        passes.append(sql.split(" AS ")[0].replace("\n", " ")[:40])
+        return real_fetch(source, sql, *rest)  # type: ignore[arg-type]
+
+    def forbidden(*_: object) -> str:
+        raise AssertionError("a pass of its own was used")
+
+    monkeypatch.setattr(planning, "fetch_all", fetch)
+    monkeypatch.setattr(planning, "count_sql", forbidden)
+    monkeypatch.setattr(planning, "starts_sql", forbidden)
+    plan = plan_export(_numbers(numbers_source), {"skip": "nan"}, 3_000, max_batches=200)
+    assert len(passes) == 2 and passes[0].startswith("SELECT MIN(")
+    assert plan.total_rows == 29_999 and sum(b.planned_rows for b in plan.batches) == 29_999
+    assert len(plan.batches) == 10 and max(b.planned_rows for b in plan.batches) <= 1.25 * 3_000
+    amount = next(c for c in plan.schema.columns if c.name == "amount")
+    # 12 digits before the point (the first bucket) and 6 after (the middle one): decimal(38,6).
+    assert amount.arrow_type == pa.decimal128(38, 6)
+    with psycopg.connect(numbers_source.uri()) as conn:
+        for b in plan.batches:
+            upper, values = ("", (b.lo,)) if b.hi is None else (" AND id < %s", (b.lo, b.hi))
+            found = conn.execute(f"SELECT count(*) FROM numbers WHERE tag <> 'nan' AND id >= %s{upper}", values)
+            assert found.fetchone() == (b.planned_rows,)
+
+
+@pytest.mark.parametrize(
+    ("columns", "skip", "refusal"),
+    [
+        ("id, amount", "nested", "holds NaN"),  # in the last bucket only
+        ("id, ints", "nan", "multi-dimensional arrays"),  # one bucket of 16,384
+    ],
+)
+def test_a_check_failing_in_one_bucket_refuses_the_export(
+    numbers_source: PostgresSource, columns: str, skip: str, refusal: str
+) -> None:
+    from export_tx.errors import DataNotExportable
+
+    with pytest.raises(DataNotExportable, match=refusal):
+        plan_export(_numbers(numbers_source, columns), {"skip": skip}, 3_000, max_batches=200)
+
+
+def test_null_keys_are_counted_in_the_same_pass_on_postgres(pg_database: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS nullkeys")
+        conn.execute("CREATE TABLE nullkeys AS SELECT CASE WHEN i % 10 = 0 THEN NULL ELSE i END AS id "
+                     "FROM generate_series(1, 5000) i")  # fmt: skip
+    monkeypatch.setenv("AIRFLOW_CONN_NULLKEYS_PG", pg_database)
+    definition = ExportDefinition(name="nullkeys", description="test", source=PostgresSource("nullkeys_pg"),
+                                  sql="SELECT id FROM nullkeys", key_column="id", max_rows=1_000_000)  # fmt: skip
+    with pytest.raises(ExportError, match="500 matching rows have no 'id'"):
+        plan_export(definition, {}, 1_000, max_batches=10)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from export_tx.planning import batches_from_histogram, batches_from_starts, choose_batch_size
+from export_tx.planning import batches_from_histogram, batches_from_starts, choose_batch_size, combine_checks
 from export_tx.store import PlannedBatch
 
 
@@ -94,3 +94,25 @@ def test_batches_from_a_histogram(
     plan = batches_from_histogram(buckets, first, width, total, count)
     assert plan == expected
     assert sum(b.planned_rows for b in plan) == total
+
+
+@pytest.mark.parametrize(
+    ("kind", "per_bucket", "expected"),
+    [
+        ("numeric_abs", [None, "12.5", "123456789012.5", "7"], "123456789012.5"),
+        # PostgreSQL's order: NaN above Infinity above every number, in whichever bucket.
+        ("numeric_abs", ["NaN", "Infinity", "1"], "NaN"),
+        ("numeric_abs", ["1", "Infinity", "99999999999999999999"], "Infinity"),
+        ("numeric_scale", [2, None, 6, 0], 6),
+        ("array_shape", [False, None, True], True),
+        ("array_shape", [False, False], False),
+        ("numeric_abs", [None, None], None),  # no values: nothing to size or refuse
+    ],
+)
+def test_checks_combine_across_buckets(kind: str, per_bucket: list[object], expected: object) -> None:
+    assert combine_checks(kind, per_bucket) == expected
+
+
+def test_a_check_without_a_combination_is_refused() -> None:
+    with pytest.raises(ValueError, match="sqlite_classes"):
+        combine_checks("sqlite_classes", ["integer"])
