@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import psycopg
@@ -247,3 +248,26 @@ def test_null_keys_are_counted_in_the_same_pass_on_postgres(pg_database: str,
                                   sql="SELECT id FROM nullkeys", key_column="id", max_rows=1_000_000)  # fmt: skip
     with pytest.raises(ExportError, match="500 matching rows have no 'id'"):
         plan_export(definition, {}, 1_000, max_batches=10)
+
+
+def test_a_slow_key_range_gives_way_to_the_counting_pass(
+    numbers_source: PostgresSource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where PostgreSQL would walk the key's index a long way (a selective filter), the range probe
+    is cancelled after RANGE_PROBE_SECONDS and the counting pass finds the range instead."""
+    from export_tx import planning
+
+    real_range = planning.range_sql
+    counted: list[str] = []
+    real_count = planning.count_sql
+    monkeypatch.setattr(
+        planning, "range_sql", lambda *a: real_range(*a).replace("SELECT MIN", "SELECT pg_sleep(5), MIN")
+    )
+    monkeypatch.setattr(planning, "count_sql", lambda *a, **k: counted.append("yes") or real_count(*a, **k))
+    monkeypatch.setattr(planning, "starts_sql", lambda *_: pytest.fail("the rows were numbered"))
+    started = time.monotonic()
+    plan = plan_export(_numbers(numbers_source), {"skip": "nan"}, 3_000, max_batches=200)
+    assert time.monotonic() - started < 4  # the probe was cancelled, not waited for
+    assert counted == ["yes"] and plan.total_rows == 29_999 and len(plan.batches) == 10
+    assert max(b.planned_rows for b in plan.batches) <= 1.25 * 3_000  # from a histogram, counted after
+    assert sum(b.planned_rows for b in plan.batches) == 29_999
