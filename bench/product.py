@@ -325,7 +325,9 @@ def small_exports(stack: Any, store: Any, source: Source) -> dict[str, Any]:
     with stack.client("analyst") as analyst:
         for _ in range(SMALL_EXPORT_RUNS):
             started = time.perf_counter()
-            answer = analyst.post("/exports/v1/transactions", json={"definition": DEFINITION, "params": params})
+            answer = analyst.post(
+                "/exports/v1/transactions", json={"definition": DEFINITION, "params": params, "force": True}
+            )
             if answer.status_code != 202:
                 raise BenchError(f"the small export was refused: {answer.status_code} {answer.text[:300]}")
             header, wall = wait_header(analyst, store, str(answer.json()["id"]), started, interval=0.05)

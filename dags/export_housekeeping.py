@@ -4,8 +4,9 @@
 Every run (every 15 minutes by default, `EXPORT_TX_HOUSEKEEPING_SCHEDULE`):
 
 * **expire_results** — `SUCCEEDED` past retention: the file is deleted, the header becomes `EXPIRED`
-  (download answers 410);
-* **remove_leftover_parts** — parts left by `FAILED`, `CANCELLED` or `EXPIRED` transactions;
+  (download answers 410); a cancelled transaction's partial file past retention is deleted too;
+* **remove_leftover_parts** — parts left by `FAILED`, `CANCELLED` or `EXPIRED` transactions (a `FAILED`
+  one keeps its finished batches' parts for `EXPORT_TX_RESUME_KEEP_DAYS`, 7 by default: `POST …/retry`);
 * **reconcile_runs** — headers still active whose Airflow run ended (e.g. marked failed while no listener
   saw it) or was deleted: closed with a message saying what happened.
 
@@ -36,9 +37,11 @@ def _store() -> Any:
 
 @task(retries=2)
 def expire_results() -> dict[str, object]:
+    from export_tx.housekeeping import expire_partials
     from export_tx.housekeeping import expire_results as expire
 
-    return expire(_store()).as_xcom()
+    store = _store()
+    return {**expire(store).as_xcom(), "partials": expire_partials(store).as_xcom()}
 
 
 @task(retries=2)

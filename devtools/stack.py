@@ -678,7 +678,7 @@ def run_demo(rows: int) -> int:
         _step(step)
         with stack.client(DEMO_REQUESTER) as client:
             request = {"definition": "demo_orders", "params": {}, "label": "The demo: every order",
-                       "notify_email": DEMO_MAIL_TO, "notify_delay_minutes": 0}  # fmt: skip
+                       "notify_email": DEMO_MAIL_TO, "notify_delay_minutes": 0, "force": True}  # fmt: skip
             answer = client.post("/exports/v1/transactions", json=request)
             if answer.status_code != 202:
                 raise StackError(f"the request was refused: {answer.status_code} {answer.text[:300]}")

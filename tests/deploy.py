@@ -86,6 +86,17 @@ def orders_source(prefix: str, rows: int) -> Iterator[Source]:
         yield Source(dsn, SourceFacts(int(row[0]), int(row[1]), int(row[2]), str(row[3]), str(row[4])))
 
 
+def source_facts(dsn: str, lo: int | None = None, below: int | None = None) -> SourceFacts:
+    """:data:`SOURCE_FACTS_SQL` over the keys ``lo <= order_id < below`` (None: no bound)."""
+    import psycopg
+
+    where = " WHERE order_id >= COALESCE(%s, order_id) AND order_id < COALESCE(%s, order_id + 1)"
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(SOURCE_FACTS_SQL.rstrip() + where, (lo, below)).fetchone()
+    assert row is not None
+    return SourceFacts(int(row[0]), int(row[1]), int(row[2]), str(row[3]), str(row[4]))
+
+
 def file_facts(table: Any) -> SourceFacts:
     """The same facts as :data:`SOURCE_FACTS_SQL`, computed from the exported Parquet table."""
     import pyarrow as pa
@@ -277,6 +288,7 @@ class S3Proxy:
         self._lock = threading.Lock()
         self._holds: list[tuple[Match, Held]] = []
         self._outages: list[tuple[Match, float]] = []
+        self._denied: list[Match] = []
         self._down_until = 0.0
         self.seen: list[tuple[str, str]] = []
         self.cut: list[tuple[str, str]] = []
@@ -298,6 +310,16 @@ class S3Proxy:
         """When a request matching arrives, cut it and refuse everything for ``seconds``."""
         with self._lock:
             self._outages.append((match, seconds))
+
+    def deny(self, match: Match) -> None:
+        """Answer every request matching with S3's 403 AccessDenied (a final error: the product
+        must not retry it) until :meth:`allow`."""
+        with self._lock:
+            self._denied.append(match)
+
+    def allow(self) -> None:
+        with self._lock:
+            self._denied.clear()
 
     def down(self) -> bool:
         return time.monotonic() < self._down_until
@@ -326,10 +348,18 @@ class S3Proxy:
                 held = next((h for match, h in self._holds if match(m, p)), None)
                 if held is not None:
                     self._holds = [(match, h) for match, h in self._holds if h is not held]
+                denied = any(match(m, p) for match in self._denied)
                 outage = next(((match, s) for match, s in self._outages if match(m, p)), None)
                 if outage is not None:
                     self._outages.remove(outage)
                     self._down_until = time.monotonic() + outage[1]
+            if denied:
+                self.cut.append((m, p))
+                body = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
+                        b"<Message>Access Denied</Message></Error>")  # fmt: skip
+                client.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nConnection: close\r\n"
+                               + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)  # fmt: skip
+                return
             if held is not None:
                 held.method, held.path = m, p
                 held.arrived.set()

@@ -37,7 +37,9 @@ examples:
   export-tx request demo_orders --param status=shipped --wait
   export-tx status TOKEN [--wait]
   export-tx logs TOKEN
-  export-tx cancel TOKEN [--yes]
+  export-tx cancel TOKEN [--yes] [--keep-partial]
+  export-tx retry TOKEN [--wait]        (a FAILED export: only its unfinished batches run again)
+  export-tx batches TOKEN
   export-tx download TOKEN [-o FILE]
   export-tx list [--state RUNNING]
   export-tx definitions
@@ -175,6 +177,11 @@ def print_status(tx: dict[str, Any], out: IO[str] | None = None) -> None:
         r = tx["result"]
         print(f"result     {r['rows']:,} rows, {human_size(r['bytes'])}, sha256 {r['sha256']}", file=out)
         print(f"expires    {r['expires_at']}", file=out)
+        if r.get("partial"):
+            ranges = ", ".join(f"[{k['from']}, {'…' if k['below'] is None else k['below']})" for k in r["ranges"] or [])
+            print(f"partial    only the batches that finished: keys in {ranges}", file=out)
+    if tx.get("resumes"):
+        print(f"resumed    {tx['resumes']} time(s)", file=out)
     if tx.get("error"):
         print(f"error      {tx['error']}", file=out)
     n = tx["notification"]
@@ -282,8 +289,22 @@ def build_parser() -> argparse.ArgumentParser:
         "instead of starting another (other options under that key are refused)",
     )  # fmt: skip
     req.add_argument(
+        "--force", action="store_true",
+        help="start a new export even if you already have the same one (same definition, params and format) "
+        "running or downloadable; without it, that one's token is printed and nothing new starts",
+    )  # fmt: skip
+    req.add_argument(
         "--wait", action="store_true", help="follow the progress until the export ends; exit 0 only if it succeeded"
     )
+
+    rt = command("retry", "resume a FAILED export: only the batches that did not finish run again, same token")
+    rt.add_argument("token", help="the transaction's token")
+    rt.add_argument(
+        "--wait", action="store_true", help="follow the progress until the export ends; exit 0 only if it succeeded"
+    )
+
+    bt = command("batches", "list a transaction's batches: key range, state, rows and attempts")
+    bt.add_argument("token", help="the transaction's token")
 
     st = command("status", "show a transaction's state, progress and result")
     st.add_argument("token", help="the transaction's token, as 'export-tx request' printed it")
@@ -303,6 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
     cn.add_argument(
         "-y", "--yes", action="store_true",
         help="cancel without asking; needed when the standard input is not a terminal",
+    )  # fmt: skip
+    cn.add_argument(
+        "--keep-partial", action="store_true",
+        help="keep a partial file of the batches that finished (download it with 'export-tx download'); the "
+        "status lists the key ranges it holds",
     )  # fmt: skip
 
     dl = command("download", "download a succeeded transaction's file, checking its sha256")
@@ -411,9 +437,14 @@ def _run(client: httpx.Client, args: argparse.Namespace) -> int:
                            ("format", args.format), ("notify_webhook", args.notify_webhook)):  # fmt: skip
             if value is not None:
                 body[key] = value
+        if args.force:
+            body["force"] = True
         headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
         tx = _check(client.post(f"{API}/transactions", json=body, headers=headers))
         print(tx["id"])
+        if tx.get("duplicate"):
+            print(f"export-tx: you already have this export ({tx['duplicate']['state']}): {tx['id']}; nothing new "
+                  "was started (--force starts another)", file=sys.stderr)  # fmt: skip
         if not args.wait:
             return 0
         final = follow(client, tx["id"])
@@ -448,8 +479,32 @@ def _run(client: httpx.Client, args: argparse.Namespace) -> int:
             if current["state"] in ACTIVE and not confirm(cancel_question(current)):
                 print("export-tx: not cancelled", file=sys.stderr)
                 return 1
-        tx = _check(client.post(_tx_path(args.token) + "/cancel"))
-        print(f"{tx['id']} {tx['state']}")
+        cancel_body = {"keep_partial": True} if args.keep_partial else None
+        tx = _check(client.post(_tx_path(args.token) + "/cancel", json=cancel_body))
+        kept = ""
+        if args.keep_partial:
+            r = tx.get("result")
+            kept = f" (partial file: {r['rows']:,} rows)" if r else " (no batch had finished: no partial file)"
+        print(f"{tx['id']} {tx['state']}{kept}")
+        return 0
+    if args.command == "retry":
+        tx = _check(client.post(_tx_path(args.token) + "/retry"))
+        print(f"{tx['id']} {tx['state']} (resumed {tx['resumes']} time(s))")
+        if not args.wait:
+            return 0
+        final = follow(client, tx["id"])
+        print_status(final)
+        return 0 if final["state"] == "SUCCEEDED" else 1
+    if args.command == "batches":
+        next_batch: int | None = 0
+        while next_batch is not None:
+            page = _check(client.get(_tx_path(args.token) + "/batches", params={"after": next_batch, "limit": 500}))
+            for b in page["batches"]:
+                below = "…" if b["below"] is None else b["below"]
+                rows = "-" if b["rows"] is None else f"{b['rows']:,}"
+                print(f"{b['batch_no']:>5}  [{b['from']}, {below})  {b['state']:<8} rows {rows:>12}  "
+                      f"attempts {b['attempts']}")  # fmt: skip
+            next_batch = page["next_after"]
         return 0
     if args.command == "download":
         path = download(client, args.token, args.output)

@@ -46,6 +46,15 @@ NOTIFY_DELAY_MAX = 7 * 24 * 60
 ROW_GROUP_ROWS = 1_000_000
 
 
+#: Days a FAILED transaction keeps the parts of its finished batches, so POST …/retry re-runs only
+#: the others (housekeeping removes them after; a later retry then re-runs every batch).
+RESUME_KEEP_DAYS_DEFAULT = 7
+
+
+def resume_keep_days() -> float:
+    return float(_env("EXPORT_TX_RESUME_KEEP_DAYS", str(RESUME_KEEP_DAYS_DEFAULT)) or RESUME_KEEP_DAYS_DEFAULT)
+
+
 def task_routing() -> dict[str, dict[str, str]]:
     """Queue and pool per kind of work (read when the DAG file is parsed: environment only).
 

@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from export_tx import storage
+from export_tx.config import resume_keep_days
 from export_tx.control import close_after_run_failed, remove_files
 from export_tx.states import ACTIVE, NotificationState, State
 from export_tx.store import HeaderStore, utcnow
@@ -45,15 +46,36 @@ def expire_results(store: HeaderStore) -> Report:
     return Report("expired", done)
 
 
+def expire_partials(store: HeaderStore) -> Report:
+    """A cancelled transaction's partial file past ``expires_at`` → deleted (download then answers
+    410); the transaction stays CANCELLED."""
+    done = []
+    for header in store.expired_partials(utcnow()):
+        if header.result_uri:
+            storage.remove(storage.path_of(header.result_uri))
+        store.update(header.id, result_uri=None)
+        ended = f"{header.expires_at:%Y-%m-%d %H:%M}" if header.expires_at else "its end"
+        store.add_event(header.id, "cleanup", f"the partial file's retention ended at {ended} UTC; it was deleted")
+        done.append(header.id)
+    return Report("partials_expired", done)
+
+
 def remove_leftover_parts(store: HeaderStore, lookback: timedelta = timedelta(days=30)) -> Report:
     """Every file of transactions that ended without a result to keep (FAILED, CANCELLED,
-    EXPIRED): parts, temporary files, and a result a merge published just before the end."""
+    EXPIRED): parts, temporary files, and a result a merge published just before the end. A
+    FAILED transaction keeps its finished batches' parts for ``EXPORT_TX_RESUME_KEEP_DAYS``
+    (POST …/retry re-runs only the others); a cancelled one its partial file until it expires."""
     done = []
-    ended = store.in_states([State.FAILED, State.CANCELLED, State.EXPIRED], finished_after=utcnow() - lookback)
+    now = utcnow()
+    resumable_since = now - timedelta(days=resume_keep_days())
+    ended = store.in_states([State.FAILED, State.CANCELLED, State.EXPIRED], finished_after=now - lookback)
     for header in ended:
-        if remove_files(header):
+        keep = (header.state == State.FAILED and header.finished_at is not None
+                and header.finished_at > resumable_since)  # fmt: skip
+        if remove_files(header, keep_parts=keep):
             store.add_event(header.id, "cleanup", f"housekeeping removed the files left by the {header.state.value} "
-                            "transaction")  # fmt: skip
+                            "transaction" + (" but the finished batches' parts (kept for POST …/retry)"
+                                             if keep else ""))  # fmt: skip
             done.append(header.id)
     return Report("parts_removed", done)
 

@@ -405,9 +405,12 @@ def finalize(store: HeaderStore, tx_id: str) -> Outcome:
     if final.state != State.SUCCEEDED:
         from export_tx.control import remove_files
 
-        # Parts, a temporary file, and a result a merge published before the store could say so.
-        if remove_files(final):
-            store.add_event(tx_id, "cleanup", "removed the files of the unfinished export")
+        # A temporary file, and a result a merge published before the store could say so. A FAILED
+        # transaction keeps its finished batches' parts: POST …/retry re-runs only the others.
+        resumable = final.state == State.FAILED
+        if remove_files(final, keep_parts=resumable):
+            kept = " but the finished batches' parts (kept for POST …/retry)" if resumable else ""
+            store.add_event(tx_id, "cleanup", f"removed the files of the unfinished export{kept}")
     if final.state == State.FAILED:
         from export_tx.notifications.email import send_failure_email
         from export_tx.notifications.webhook import deliver_failure_event

@@ -12,8 +12,8 @@ PostgreSQL) and every ``batch_size``-th key starts a batch; batch ``i`` is ``lo_
 lo_{i+1}``. With a unique key every batch but the last holds exactly ``batch_size`` rows, however
 skewed or gappy the keys. An integer key on PostgreSQL is split from a histogram of its range
 instead: its range from the key's index, then one grouping pass that also counts the rows and
-runs the column checks (no serial window pass, no separate count). The pure functions here are table-tested; :func:`plan_export` runs
-the SQL.
+runs the column checks (no serial window pass, no separate count). The pure functions here are
+table-tested; :func:`plan_export` runs the SQL.
 """
 
 from __future__ import annotations
@@ -83,6 +83,8 @@ class SchemaPlan:
     #: The file's schema after the definition's transform (IPC, base64).
     output: str
     notes: tuple[str, ...] = ()
+    #: What the definition said when this was planned (:func:`definition_fingerprint`); "" before.
+    definition_sha: str = ""
 
     def source_schema(self) -> pa.Schema:
         """The columns as the source and overrides make them (before the transform)."""
@@ -104,6 +106,7 @@ class SchemaPlan:
             else {"occurrences": list(self.binding.occurrences), "key_type": self.binding.key_type},
             "output": self.output,
             "notes": list(self.notes),
+            "definition_sha": self.definition_sha,
         }
 
     @classmethod
@@ -118,6 +121,7 @@ class SchemaPlan:
             binding=None if binding is None else PgBinding(tuple(binding["occurrences"]), binding["key_type"]),
             output=data["output"],
             notes=tuple(data.get("notes", ())),
+            definition_sha=str(data.get("definition_sha", "")),
         )
 
     def describe(self) -> list[dict[str, Any]]:
@@ -592,8 +596,57 @@ def plan_schema(definition: ExportDefinition, params: Mapping[str, Any]) -> tupl
     source_schema = pa.schema([pa.field(c.name, c.arrow_type) for c in finished])
     output = output_schema(definition, source_schema)
     notes = tuple(f"{c.name}: {c.note}" for c in finished if c.note)
-    schema = SchemaPlan(tuple(finished), key, key_sql, dialect, binding, schema_to_text(output), notes)
+    schema = SchemaPlan(tuple(finished), key, key_sql, dialect, binding, schema_to_text(output), notes,
+                        definition_fingerprint(definition))  # fmt: skip
     return schema, counted
+
+
+def definition_fingerprint(definition: ExportDefinition) -> str:
+    """What in a definition decides a transaction's rows and columns: its source, query, key,
+    declared types and transforms (by name: a transform's code is not compared)."""
+    import hashlib
+    import json
+
+    def named(fn: Any) -> str | None:
+        return None if fn is None else f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+    facts = {
+        "source": definition.source.label(),
+        "sql": " ".join(definition.sql.split()),
+        "key": definition.key_column,
+        "types": {name: str(t) for name, t in sorted(definition.overrides().items())},
+        "transform": named(definition.transform),
+        "pandas_transform": named(definition.pandas_transform),
+    }
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
+
+
+def shape_changes(definition: ExportDefinition, params: Mapping[str, Any], planned: SchemaPlan) -> list[str]:
+    """How the definition or its source changed since ``planned`` was made (nothing is read but the
+    source's description of the query): each change in words, naming the column. Empty: the
+    finished batches' parts still fit a resumed transaction."""
+    changes: list[str] = []
+    if planned.definition_sha and planned.definition_sha != definition_fingerprint(definition):
+        changes.append(f"the definition {definition.name!r} changed (its source, query, key, column types or "
+                       "transform)")  # fmt: skip
+    described = describe(definition, definition.bind_values(params))
+    specs, problems = resolve_columns(definition, described)
+    changes.extend(f"{p.field}: {p.message}" for p in problems)
+    now = {spec.name: spec for spec in specs}
+    before = {c.name: c for c in planned.columns}
+    for name in before:
+        if name not in now and name in dict(described.columns):
+            continue  # refused above, named
+        if name not in now:
+            changes.append(f"column {name!r} is gone from the source")
+    for name, spec in now.items():
+        if name not in before:
+            changes.append(f"column {name!r} is new in the source")
+        elif spec.source_type != before[name].source_type:
+            changes.append(f"column {name!r} was {before[name].source_type}, now {spec.source_type}")
+    if not changes and list(now) != list(before):
+        changes.append("the query's columns are in another order")
+    return changes
 
 
 def output_schema(definition: ExportDefinition, schema: pa.Schema) -> pa.Schema:
@@ -623,7 +676,7 @@ _COMBINED_CHECKS = frozenset({"numeric_abs", "numeric_scale", "array_shape"})
 #: the definition's filter is selective and the matching keys lie far from the ends, PostgreSQL
 #: walks the index until a row passes (a day's orders in 20M: 3.6 s). Then the counting pass,
 #: which finds the range too, runs instead.
-RANGE_PROBE_SECONDS = 0.25
+RANGE_PROBE_SECONDS = 0.05
 
 
 def range_sql(definition: ExportDefinition, key: str) -> str:

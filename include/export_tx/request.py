@@ -45,6 +45,19 @@ class ExportRequest:
 KNOWN_FIELDS = tuple(f.name for f in fields(ExportRequest))
 
 
+def fingerprint(definition: str, params: dict[str, Any] | None, format: str | None) -> str:
+    """What makes two requests the same export: the definition, the params and the format. A
+    null param is the same as one left out (both bind NULL); the other fields (e-mail, label,
+    batch size, retention) change how the export is delivered, not what it holds."""
+    import hashlib
+    import json
+
+    given = {k: v for k, v in (params or {}).items() if v is not None}
+    text = json.dumps([definition, given, format or formats.DEFAULT], sort_keys=True, default=str,
+                      separators=(",", ":"))  # fmt: skip
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def salvaged_fields(conf: dict[str, Any]) -> dict[str, Any]:
     """Best-effort header fields from an invalid conf, so the refusal is recorded somewhere."""
     batch_size = conf.get("batch_size")

@@ -58,7 +58,8 @@ _FORWARD: dict[State, frozenset[State]] = {
     State.MERGING: frozenset({State.SUCCEEDED}),
     # The only change a terminal state allows: retention ended.
     State.SUCCEEDED: frozenset({State.EXPIRED}),
-    State.FAILED: frozenset(),
+    # Resumed (POST …/retry): the batches that did not finish run again, in the same transaction.
+    State.FAILED: frozenset({State.RUNNING}),
     State.CANCELLED: frozenset(),
     State.EXPIRED: frozenset(),
 }
@@ -69,6 +70,10 @@ def allowed(current: State, target: State) -> bool:
     if target in (State.FAILED, State.CANCELLED):
         return current in ACTIVE
     return target in _FORWARD[current]
+
+
+#: The states a transaction can be resumed from (``POST …/retry``).
+RESUMABLE: frozenset[State] = frozenset(s for s in State if State.RUNNING in _FORWARD[s] and s in TERMINAL)
 
 
 def check(current: State, target: State) -> None:

@@ -54,6 +54,15 @@ def temp_result_path(tx_id: str, definition: str, suffix: str = DEFAULT_SUFFIX) 
     return tx_root(tx_id) / "result" / f".{definition}{suffix}.tmp"
 
 
+def partial_dir(tx_id: str) -> ObjectStoragePath:
+    """Where a cancelled transaction keeps its partial file (``keep_partial``)."""
+    return tx_root(tx_id) / "partial"
+
+
+def partial_path(tx_id: str, definition: str, suffix: str = DEFAULT_SUFFIX) -> ObjectStoragePath:
+    return partial_dir(tx_id) / f"{definition}-partial{suffix}"
+
+
 def remove_tree(path: ObjectStoragePath) -> bool:
     """Remove a folder and everything under it; False if there was nothing."""
     if not path.exists():

@@ -64,7 +64,9 @@ def _check_file_on_s3(celery: Deployment, header: Header) -> bytes:
 def test_batches_run_on_both_workers_and_the_file_lands_on_s3(celery: Deployment) -> None:
     batch_size = 40_000  # 400,000 rows → 10 batches
     with celery.stack.client("admin") as client:
-        answer = client.post(f"{API}/transactions", json={"definition": "orders", "batch_size": batch_size})
+        answer = client.post(
+            f"{API}/transactions", json={"definition": "orders", "batch_size": batch_size, "force": True}
+        )
         assert answer.status_code == 202, answer.text
         tx_id = answer.json()["id"]
 

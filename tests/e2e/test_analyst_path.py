@@ -149,7 +149,10 @@ def test_cancel_asks_first(analyst_page: Any, clients: dict[str, httpx.Client], 
     page = analyst_page
     running = (
         clients["analyst"]
-        .post("/exports/v1/transactions", json={"definition": "demo_orders", "batch_size": 1000, "label": "to cancel"})
+        .post(
+            "/exports/v1/transactions",
+            json={"definition": "demo_orders", "batch_size": 1000, "label": "to cancel", "force": True},
+        )
         .json()
     )
     page.goto("/exports/ui")
@@ -187,7 +190,9 @@ def test_a_run_page_in_airflow_shows_its_export(
     assert nav.get("category") in (None, "")  # the main navigation, not under Browse
 
     tx = (
-        clients["admin"].post("/exports/v1/transactions", json={"definition": "demo_orders", "label": "run tab"}).json()
+        clients["admin"]
+        .post("/exports/v1/transactions", json={"definition": "demo_orders", "label": "run tab", "force": True})
+        .json()
     )
     wait_status(clients["admin"], tx["id"], terminal)
     page = page_as(browser, stack, "admin")

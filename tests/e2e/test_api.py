@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 import uuid
+from datetime import date, timedelta
 from urllib.parse import quote
 
 import httpx
@@ -138,7 +140,9 @@ def test_bad_list_filters_are_422(clients: dict[str, httpx.Client], name: str, v
 
 def test_request_poll_download(clients: dict[str, httpx.Client], stack: AirflowStack) -> None:
     analyst = clients["analyst"]
-    answer = _request(analyst, {"definition": "demo_orders", "params": {"status": "shipped"}, "batch_size": 1000})
+    answer = _request(
+        analyst, {"definition": "demo_orders", "params": {"status": "shipped"}, "batch_size": 1000, "force": True}
+    )
     assert answer.status_code == 202, answer.text
     tx = answer.json()
     assert answer.headers["Location"] == tx_url(tx["id"]) and int(answer.headers["Retry-After"]) > 0
@@ -207,7 +211,7 @@ def test_idempotency_key(clients: dict[str, httpx.Client]) -> None:
 
 
 def test_each_user_sees_only_their_own(clients: dict[str, httpx.Client]) -> None:
-    tx = _request(clients["bob"], {"definition": "demo_orders", "params": {"status": "pending"}}).json()
+    tx = _request(clients["bob"], {"definition": "demo_orders", "params": {"status": "pending"}, "force": True}).json()
     wait_status(clients["bob"], tx["id"], terminal)
     for user in ("analyst", "viewer"):
         for suffix in ("", "/logs", "/download"):
@@ -227,7 +231,7 @@ def test_each_user_sees_only_their_own(clients: dict[str, httpx.Client]) -> None
 
 
 def _slow_request(client: httpx.Client, email: str | None = None) -> dict[str, object]:
-    body: dict[str, object] = {"definition": "demo_orders", "params": {}, "batch_size": 1000}
+    body: dict[str, object] = {"definition": "demo_orders", "params": {}, "batch_size": 1000, "force": True}
     if email:
         body |= {"notify_email": email, "notify_delay_minutes": 0}
     answer = _request(client, body)
@@ -278,7 +282,9 @@ def test_cancel_while_running(clients: dict[str, httpx.Client], smtp: object) ->
 
 
 def test_cancel_of_a_finished_transaction_is_409(clients: dict[str, httpx.Client]) -> None:
-    tx = _request(clients["analyst"], {"definition": "demo_orders", "params": {"status": "cancelled"}}).json()
+    tx = _request(
+        clients["analyst"], {"definition": "demo_orders", "params": {"status": "cancelled"}, "force": True}
+    ).json()
     assert wait_status(clients["analyst"], tx["id"], terminal)["state"] == "SUCCEEDED"
     answer = clients["analyst"].post(tx_url(tx["id"]) + "/cancel")
     assert answer.status_code == 409
@@ -304,3 +310,42 @@ def test_marking_the_run_failed_in_airflow_cancels_the_transaction(
     run = stack.trigger(admin, {}, dag_id="export_housekeeping")
     assert stack.wait_run(admin, run["dag_run_id"], dag_id="export_housekeeping") == "success"
     assert not storage.tx_root(tx["id"]).exists()
+
+
+# -- the same request twice ---------------------------------------------------------------------
+
+
+def test_the_same_export_requested_at_once_from_eight_clients_is_one_export(
+    stack: AirflowStack, clients: dict[str, httpx.Client]
+) -> None:
+    """Eight identical requests race through the real api-server (its batched header writer, the
+    store's unique key): one export starts, seven answers name it. Once it has
+    succeeded, the same request answers it again (its file is downloadable); "force" starts another."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    analyst = clients["analyst"]
+    day = date(2025, 1, 1) + timedelta(days=uuid.uuid4().int % 300)  # a request no other test makes
+    body = {"definition": "demo_orders", "params": {"status": "returned", "since": str(day)}, "label": "race"}
+    auth = {"Authorization": analyst.headers["Authorization"]}
+    barrier = threading.Barrier(8)
+
+    def post(_: int) -> httpx.Response:
+        with httpx.Client(base_url=stack.base_url, headers=auth, timeout=60) as client:
+            barrier.wait()
+            return client.post(f"{API}/transactions", json=body)
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(post, range(8)))
+    assert sorted(a.status_code for a in answers) == [200] * 7 + [202], [a.text[:200] for a in answers]
+    (made,) = [a.json()["id"] for a in answers if a.status_code == 202]
+    assert {a.json()["duplicate"]["of"] for a in answers if a.status_code == 200} == {made}
+    mine = analyst.get(f"{API}/transactions", params={"q": "race", "limit": 100}).json()["transactions"]
+    assert [t["id"] for t in mine if t["params"] == body["params"]] == [made]
+    assert wait_status(analyst, made, terminal)["state"] == "SUCCEEDED"
+    again = _request(analyst, body)
+    assert again.status_code == 200 and again.json()["duplicate"] == {
+        "of": made, "state": "SUCCEEDED", "matched": ["definition", "params", "format"],
+        "hint": 'send "force": true to start a new export anyway'}  # fmt: skip
+    forced = _request(analyst, {**body, "force": True})
+    assert forced.status_code == 202 and forced.json()["id"] != made
+    assert wait_status(analyst, forced.json()["id"], terminal)["state"] == "SUCCEEDED"

@@ -28,7 +28,8 @@ USERS = {"viewer": "viewer", "owner": "analyst", "other": "bob", "admin": "admin
 def owned(clients: dict[str, httpx.Client]) -> str:
     """A finished export of the analyst's."""
     answer = clients["analyst"].post("/exports/v1/transactions",
-                                     json={"definition": "demo_orders", "params": {"status": "returned"}})  # fmt: skip
+                                     json={"definition": "demo_orders", "params": {"status": "returned"},
+                                           "force": True})  # fmt: skip
     assert answer.status_code == 202
     tx = str(answer.json()["id"])
     assert wait_status(clients["analyst"], tx, terminal)["state"] == "SUCCEEDED"

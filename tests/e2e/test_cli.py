@@ -27,7 +27,7 @@ def _cli(stack: AirflowStack, *args: str, user: str = "analyst") -> subprocess.C
 
 def test_request_wait_status_logs_download(stack: AirflowStack, tmp_path: Path, demo_db: Path) -> None:
     done = _cli(stack, "request", "demo_orders", "--param", "status=shipped", "--param", "since=2025-06-01",
-                "--batch-size", "1000", "--retention-days", "2", "--wait")  # fmt: skip
+                "--batch-size", "1000", "--retention-days", "2", "--force", "--wait")  # fmt: skip
     assert done.returncode == 0, done.stderr
     tx_id = done.stdout.splitlines()[0]
     assert "SUCCEEDED" in done.stdout and "100%" in done.stdout  # the progress bar's last frame
@@ -65,7 +65,7 @@ def test_errors_are_clear_and_exit_non_zero(stack: AirflowStack) -> None:
 
 
 def test_cancel(stack: AirflowStack) -> None:
-    started = _cli(stack, "request", "demo_orders", "--batch-size", "1000")
+    started = _cli(stack, "request", "demo_orders", "--batch-size", "1000", "--force")
     tx_id = started.stdout.strip()
     unasked = _cli(stack, "cancel", tx_id)  # no terminal to ask on, no --yes: refused before any call
     assert unasked.returncode == 2 and "pass --yes" in unasked.stderr

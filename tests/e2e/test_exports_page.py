@@ -19,10 +19,12 @@ def test_exports_page_lists_transactions_and_live_progress(
 ) -> None:
     analyst = clients["analyst"]
     finished = analyst.post("/exports/v1/transactions",
-                            json={"definition": "demo_orders", "params": {"status": "returned"}}).json()  # fmt: skip
+                            json={"definition": "demo_orders", "params": {"status": "returned"},
+                                  "force": True}).json()  # fmt: skip
     wait_status(analyst, finished["id"], terminal)
     running = analyst.post("/exports/v1/transactions",
-                           json={"definition": "demo_orders", "params": {}, "batch_size": 1000}).json()  # fmt: skip
+                           json={"definition": "demo_orders", "params": {}, "batch_size": 1000,
+                                 "force": True}).json()  # fmt: skip
 
     page = page_as(browser, stack, "analyst")
     page.goto("/exports/ui")

@@ -26,7 +26,13 @@ def _source(demo_db: Path, status: str) -> list[dict[str, object]]:
 
 
 def _export(analyst: httpx.Client, fmt: str) -> tuple[dict[str, object], httpx.Response]:
-    body = {"definition": "demo_orders", "params": {"status": "shipped"}, "batch_size": 1000, "format": fmt}
+    body = {
+        "definition": "demo_orders",
+        "params": {"status": "shipped"},
+        "batch_size": 1000,
+        "format": fmt,
+        "force": True,
+    }
     answer = analyst.post(f"{API}/transactions", json=body)
     assert answer.status_code == 202, answer.text
     final = wait_status(analyst, answer.json()["id"], terminal)

@@ -40,7 +40,7 @@ def _request(client: httpx.Client, email: str, delay: float, params: dict[str, s
     answer = client.post(
         f"{API}/transactions",
         json={"definition": "demo_orders", "params": params or {"status": "paid"}, "batch_size": 1000,
-              "notify_email": email, "notify_delay_minutes": delay},
+              "notify_email": email, "notify_delay_minutes": delay, "force": True},
     )  # fmt: skip
     assert answer.status_code == 202, answer.text
     return str(answer.json()["id"])
@@ -171,5 +171,7 @@ def test_the_email_is_sent_again_on_request(clients: dict[str, httpx.Client], sm
     messages = [e["message"] for e in analyst.get(tx_url(tx_id) + "/logs").json()["events"]]
     assert "e-mail asked for again by analyst" in messages
     assert f"e-mail sent again, as asked to {email}" in messages
-    unfinished = analyst.post(f"{API}/transactions", json={"definition": "demo_orders", "params": {}}).json()
+    unfinished = analyst.post(
+        f"{API}/transactions", json={"definition": "demo_orders", "params": {}, "force": True}
+    ).json()
     assert analyst.post(tx_url(unfinished["id"]) + "/notify").status_code == 409

@@ -62,7 +62,7 @@ def test_housekeeping_expires_cleans_and_reconciles(stack: AirflowStack, clients
     analyst, admin = clients["analyst"], clients["admin"]
     s = store()
     # 1. a result past its retention
-    tx = analyst.post("/exports/v1/transactions", json={"definition": "demo_orders",
+    tx = analyst.post("/exports/v1/transactions", json={"definition": "demo_orders", "force": True,
                                                         "params": {"status": "returned"}}).json()  # fmt: skip
     done = wait_status(analyst, tx["id"], terminal)
     assert done["state"] == "SUCCEEDED"

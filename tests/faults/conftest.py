@@ -43,7 +43,9 @@ class Faults:
     source: Source
 
     def request(self, client: httpx.Client) -> str:
-        answer = client.post(f"{API}/transactions", json={"definition": "orders", "batch_size": BATCH_SIZE})
+        answer = client.post(
+            f"{API}/transactions", json={"definition": "orders", "batch_size": BATCH_SIZE, "force": True}
+        )
         assert answer.status_code == 202, answer.text
         return str(answer.json()["id"])
 

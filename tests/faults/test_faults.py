@@ -11,7 +11,7 @@ import hashlib
 import io
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -23,7 +23,7 @@ import pytest
 from export_tx import storage
 from export_tx.states import State
 from export_tx.store import Header
-from tests.deploy import file_facts
+from tests.deploy import file_facts, source_facts
 from tests.faults.conftest import API, SOURCE_ROWS, Faults
 
 pytestmark = pytest.mark.stack
@@ -188,3 +188,90 @@ def test_s3_down_during_the_merge_is_retried_and_never_publishes_half_a_file(
     assert len(uploads) >= 2, uploads
     (merge,) = (t for t in fx.task_instances(admin, tx_id) if t["task_id"] == "merge_parts")
     assert merge["state"] == "success"
+
+
+def _denied_part(batch_no: int) -> Callable[[str, str], bool]:
+    return lambda method, path: method in ("PUT", "POST") and f"/parts/part-{batch_no:05d}." in path
+
+
+def test_a_failed_export_resumes_only_its_unfinished_batch_and_writes_the_same_file(
+    fx: Faults, analyst: httpx.Client, admin: httpx.Client
+) -> None:
+    """Batch 3 cannot store its part (S3 refuses it): the export ends FAILED with the other four
+    parts kept. POST …/retry runs batch 3 alone, then the merge, in the same Airflow run under the
+    same token; the file equals, byte for byte, what an uninterrupted run of the same request writes."""
+    fx.proxy.deny(_denied_part(3))
+    try:
+        tx_id = fx.request(analyst)
+        failed = fx.wait_terminal(tx_id)
+    finally:
+        fx.proxy.allow()
+    assert failed.state == State.FAILED, failed
+    assert fx.stack.wait_run(admin, tx_id, timeout=120) == "failed"
+    plan = {b.batch_no: b for b in fx.store.plan(tx_id)}
+    assert [n for n, b in plan.items() if b.state == "DONE"] == [1, 2, 4, 5]
+    prefix = f"exports/{storage.tx_folder_name(tx_id)}/"
+    kept = [k for k in fx.s3.keys(prefix) if "/parts/" in k]
+    assert kept == [f"{prefix}parts/part-{n:05d}.parquet" for n in (1, 2, 4, 5)]  # kept for the retry
+    first_tries = {n: b.attempts for n, b in plan.items()}
+
+    answer = analyst.post(f"{API}/transactions/{quote(tx_id, safe='')}/retry")
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["state"] == "RUNNING" and answer.json()["resumes"] == 1 and answer.json()["id"] == tx_id
+    header = check_exact(fx, tx_id)
+    # Only batch 3 ran again: the others' attempts and Airflow tries are those of the first run.
+    attempts = {b.batch_no: b.attempts for b in fx.store.plan(tx_id)}
+    assert attempts == {n: first_tries[n] + (1 if n == 3 else 0) for n in range(1, BATCHES + 1)}
+    tries = {t["map_index"] + 1: t["try_number"] for t in fx.task_instances(admin, tx_id)
+             if t["task_id"] == "export_batch"}  # fmt: skip
+    assert tries[3] > 1 and all(tries[n] == 1 for n in (1, 2, 4, 5)), tries
+    # One log, continued: failed, resumed (naming what runs again), succeeded.
+    states = [e.message.split(":")[0] for e in fx.store.events(tx_id, limit=1000) if e.kind == "state"]
+    assert states == ["REQUESTED", "RUNNING", "FAILED", "RUNNING", "MERGING", "SUCCEEDED"], states
+    resumed = [e for e in fx.store.events(tx_id, limit=1000) if e.kind == "state" and "resumed by" in e.message]
+    assert len(resumed) == 1 and resumed[0].data is not None
+    assert resumed[0].data["rerun"] == [3] and resumed[0].data["kept"] == [1, 2, 4, 5]
+    # What an uninterrupted run of the same request writes (force: the same export, again).
+    again = analyst.post(f"{API}/transactions", json={"definition": "orders", "batch_size": 40_000, "force": True})
+    assert again.status_code == 202, again.text
+    uninterrupted = check_exact(fx, again.json()["id"])
+    assert uninterrupted.result_sha256 == header.result_sha256
+    # A succeeded transaction is not resumed: the state machine says so.
+    refused = analyst.post(f"{API}/transactions/{quote(tx_id, safe='')}/retry")
+    assert refused.status_code == 409 and "SUCCEEDED" in refused.json()["detail"]
+
+
+def test_a_cancel_keeps_a_partial_file_of_the_finished_batches(
+    fx: Faults, analyst: httpx.Client, admin: httpx.Client
+) -> None:
+    """Batch 5's upload is held; once batches 1-4 are done the export is cancelled with
+    keep_partial: CANCELLED with a downloadable partial file whose rows are exactly the source's
+    in the four finished batches' key ranges."""
+    held = fx.proxy.hold(lambda method, path: method == "PUT" and "/parts/part-00005." in path)
+    tx_id = fx.request(analyst)
+    try:
+        assert held.arrived.wait(180), f"batch 5 never uploaded its part\n{fx.logs()}"
+        fx.wait_header(tx_id, lambda h: h.batches_done == 4 or h.terminal)
+        answer = analyst.post(f"{API}/transactions/{quote(tx_id, safe='')}/cancel", json={"keep_partial": True})
+    finally:
+        held.release()
+    assert answer.status_code == 202, answer.text
+    tx = answer.json()
+    assert tx["state"] == "CANCELLED" and tx["result"]["partial"] is True
+    plan = {b.batch_no: b for b in fx.store.plan(tx_id)}
+    finished = [plan[n] for n in (1, 2, 3, 4)]
+    assert [(r["batch_no"], r["from"], r["below"], r["rows"]) for r in tx["result"]["ranges"]] == [
+        (b.batch_no, b.lo, b.hi, b.rows) for b in finished
+    ]
+    assert tx["result"]["rows"] == sum(b.rows or 0 for b in finished) < SOURCE_ROWS
+    download = analyst.get(f"{API}/transactions/{quote(tx_id, safe='')}/download", follow_redirects=True)
+    assert download.status_code == 200, download.text
+    assert hashlib.sha256(download.content).hexdigest() == tx["result"]["sha256"]
+    partial = pq.read_table(io.BytesIO(download.content))
+    assert file_facts(partial) == source_facts(fx.source.dsn, below=plan[5].lo)
+    # Only the partial file is left in storage; the run was stopped.
+    prefix = f"exports/{storage.tx_folder_name(tx_id)}/"
+    assert fx.stack.wait_run(admin, tx_id, timeout=120) == "failed"
+    assert fx.s3.keys(prefix) == [f"{prefix}partial/orders-partial.parquet"]
+    status_now = status(analyst, tx_id).json()
+    assert status_now["result"]["partial"] is True and status_now["result"]["sha256"] == tx["result"]["sha256"]

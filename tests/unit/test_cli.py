@@ -369,3 +369,69 @@ def test_definitions_show_the_retention_a_request_may_ask_for(
     api(lambda request: httpx.Response(200, json={"definitions": [definition]}))
     assert cli.main(["definitions"]) == 0
     assert capsys.readouterr().out == "orders           Orders  [params: since, status; kept 7 days, up to 90]\n"
+
+
+def test_a_duplicate_prints_the_existing_token_and_says_so(
+    api: Callable[..., FakeApi], capsys: pytest.CaptureFixture[str]
+) -> None:
+    def duplicate(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={**_tx("RUNNING"), "duplicate": {"of": TOKEN, "state": "RUNNING"}})
+
+    fake = api(duplicate)
+    assert cli.main(["request", "orders"]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{TOKEN}\n"
+    assert err == (f"export-tx: you already have this export (RUNNING): {TOKEN}; nothing new was started "
+                   "(--force starts another)\n")  # fmt: skip
+    assert "force" not in json.loads(fake.requests[0].content)
+    forced = api(_accepted)
+    assert cli.main(["request", "orders", "--force"]) == 0
+    assert json.loads(forced.requests[0].content)["force"] is True
+    assert capsys.readouterr() == (f"{TOKEN}\n", "")
+
+
+def test_retry_resumes_and_batches_lists_attempts(
+    api: Callable[..., FakeApi], capsys: pytest.CaptureFixture[str]
+) -> None:
+    pages = {
+        0: {"batches": [{"batch_no": 1, "from": 1, "below": 500, "planned_rows": 499, "state": "DONE", "rows": 499,
+                         "attempts": 1, "duration_s": 0.4, "done_at": None}], "total": 2, "next_after": 1},
+        1: {"batches": [{"batch_no": 2, "from": 500, "below": None, "planned_rows": 501, "state": "PLANNED",
+                         "rows": None, "attempts": 3, "duration_s": None, "done_at": None}], "total": 2,
+            "next_after": None},
+    }  # fmt: skip
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/retry"):
+            return httpx.Response(202, json={**_tx("RUNNING"), "resumes": 1})
+        return httpx.Response(200, json=pages[int(request.url.params["after"])])
+
+    fake = api(answer)
+    assert cli.main(["retry", TOKEN]) == 0
+    assert capsys.readouterr().out == f"{TOKEN} RUNNING (resumed 1 time(s))\n"
+    assert fake.calls() == [f"POST {cli._tx_path(TOKEN)}/retry"]
+    fake = api(answer)
+    assert cli.main(["batches", TOKEN]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "    1  [1, 500)  DONE     rows          499  attempts 1",
+        "    2  [500, …)  PLANNED  rows            -  attempts 3",
+    ]
+    assert [r.url.params["after"] for r in fake.requests] == ["0", "1"]
+
+
+def test_cancel_keep_partial_sends_it_and_says_what_was_kept(
+    api: Callable[..., FakeApi], capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = {"rows": 4_000, "bytes": 10, "sha256": "ab", "expires_at": "2026-12-07T00:00:00Z", "partial": True,
+              "ranges": [{"batch_no": 1, "from": 1, "below": 4001, "rows": 4_000}]}  # fmt: skip
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(202, json={**_tx("CANCELLED"), "result": result})
+
+    fake = api(answer)
+    assert cli.main(["cancel", TOKEN, "--yes", "--keep-partial"]) == 0
+    assert capsys.readouterr().out == f"{TOKEN} CANCELLED (partial file: 4,000 rows)\n"
+    assert json.loads(fake.requests[0].content) == {"keep_partial": True}
+    out = io.StringIO()
+    cli.print_status({**_tx("CANCELLED"), "result": result}, out)
+    assert "partial    only the batches that finished: keys in [1, 4001)\n" in out.getvalue()

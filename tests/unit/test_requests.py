@@ -90,3 +90,14 @@ def test_several_recipients_and_a_retention() -> None:
     # Never beyond the definition's maximum (published by /definitions as retention_days_max).
     with pytest.raises(RequestInvalid, match="retention_days: 3,650 is out of range; allowed: 1 to 90"):
         parse_request({"definition": "orders", "retention_days": 3650})
+
+
+def test_the_fingerprint_is_what_the_export_holds() -> None:
+    from export_tx.request import fingerprint
+
+    base = fingerprint("orders", {"status": "paid", "since": "2026-01-01"}, "parquet")
+    assert fingerprint("orders", {"since": "2026-01-01", "status": "paid", "until": None}, None) == base
+    assert fingerprint("orders", {"status": "paid", "since": "2026-01-02"}, "parquet") != base
+    assert fingerprint("orders", {"status": "paid", "since": "2026-01-01"}, "csv") != base
+    assert fingerprint("customers", {"status": "paid", "since": "2026-01-01"}, "parquet") != base
+    assert fingerprint("orders", {"n": 1}, "parquet") != fingerprint("orders", {"n": "1"}, "parquet")

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from export_tx.errors import IllegalTransition
-from export_tx.states import ACTIVE, TERMINAL, State, allowed, check
+from export_tx.states import ACTIVE, RESUMABLE, TERMINAL, State, allowed, check
 
 S = State
 # (from, to, legal) — the design doc's state machine, exhaustively for the interesting pairs.
@@ -26,7 +26,7 @@ TABLE = [
     (S.SUCCEEDED, S.FAILED, False),
     (S.SUCCEEDED, S.CANCELLED, False),
     (S.SUCCEEDED, S.RUNNING, False),
-    (S.FAILED, S.RUNNING, False),
+    (S.FAILED, S.RUNNING, True),  # resumed: POST …/retry
     (S.FAILED, S.CANCELLED, False),
     (S.FAILED, S.SUCCEEDED, False),
     (S.CANCELLED, S.FAILED, False),
@@ -47,10 +47,15 @@ def test_transition_table(current: State, target: State, legal: bool) -> None:
             check(current, target)
 
 
-def test_terminal_states_never_change_except_expiry() -> None:
+def test_terminal_states_never_change_except_expiry_and_resume() -> None:
+    changes = {S.SUCCEEDED: {S.EXPIRED}, S.FAILED: {S.RUNNING}}
     for current in TERMINAL:
         reachable = {t for t in State if allowed(current, t)}
-        assert reachable == ({S.EXPIRED} if current == S.SUCCEEDED else set())
+        assert reachable == changes.get(current, set())
+
+
+def test_only_a_failed_transaction_can_be_resumed() -> None:
+    assert RESUMABLE == {S.FAILED}
 
 
 def test_every_active_state_can_fail_or_be_cancelled() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -92,6 +92,44 @@ def stop_run(tx_id: str) -> bool:
                 raise
             time.sleep(1 + attempt)
     return False
+
+
+class RunNotResumable(Exception):
+    """The transaction's Airflow run cannot be resumed (missing, or not ended failed); says why."""
+
+
+#: The export DAG's mapped batch task: map index ``i`` exports batch ``i + 1``.
+BATCH_TASK = "export_batch"
+
+
+def resume_run(tx_id: str, finished_to_rerun: Sequence[int] = ()) -> int:
+    """Clear the failed and upstream-failed task instances of the ended, failed run ``tx_id`` —
+    like ``POST …/clearTaskInstances {"dag_run_id": …, "only_failed": true}`` — so the scheduler
+    runs them again in the same run: the batches that did not finish, the merge, the notification
+    and the finalizing leaf. Finished batches keep their success, but for those in
+    ``finished_to_rerun`` (batch numbers whose parts are gone). Returns how many were cleared."""
+    from airflow.api_fastapi.common.dagbag import get_dag_for_run
+    from airflow.models.dagbag import DBDagBag
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import clear_task_instances
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState
+    from sqlalchemy import select
+
+    with create_session() as session:
+        dag_run = session.scalar(select(DagRun).where(DagRun.dag_id == DAG_ID, DagRun.run_id == tx_id))
+        if dag_run is None:
+            raise RunNotResumable("its Airflow run no longer exists; request the export again")
+        if dag_run.state != DagRunState.FAILED:
+            raise RunNotResumable(f"its Airflow run is still {dag_run.state}; try again when it has ended")
+        dag = get_dag_for_run(DBDagBag(), dag_run, session=session)
+        cleared = {ti.id: ti for ti in dag.clear(run_id=tx_id, only_failed=True, dry_run=True, session=session)}
+        if finished_to_rerun:
+            markers = [(BATCH_TASK, batch_no - 1) for batch_no in finished_to_rerun]
+            cleared.update({ti.id: ti for ti in dag.clear(task_ids=markers, run_id=tx_id, dry_run=True,
+                                                          session=session)})  # fmt: skip
+        clear_task_instances(list(cleared.values()), session, DagRunState.QUEUED)
+        return len(cleared)
 
 
 def is_admin(user: Any) -> bool:

@@ -27,7 +27,7 @@ import anyio.to_thread
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
-from pydantic import BaseModel, ConfigDict, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from sqlalchemy import exc as sa_exc
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -35,18 +35,26 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from export_tx import config, formats, storage
 from export_tx.api import airflow_side, batching, views
 from export_tx.api.auth import decided_by_role, may_use_exports
-from export_tx.api.views import ErrorBody, LogPage, Transaction, TransactionList
+from export_tx.api.views import BatchPage, ErrorBody, LogPage, Transaction, TransactionList
 from export_tx.catalog import registry
 from export_tx.config import BATCH_SIZE_MAX, BATCH_SIZE_MIN
+from export_tx.control import NotResumable, record_download
 from export_tx.control import cancel as cancel_transaction
-from export_tx.control import record_download
+from export_tx.control import resume as resume_transaction
 from export_tx.definition import RETENTION_DAYS_LIMIT
 from export_tx.errors import FieldError, RequestInvalid, shown
 from export_tx.pipeline import PREVIEW_ROWS_MAX
-from export_tx.request import LABEL_MAX_CHARS, MAX_ADDRESS_CHARS, MAX_RECIPIENTS, parse_batch_size, parse_request
+from export_tx.request import (
+    LABEL_MAX_CHARS,
+    MAX_ADDRESS_CHARS,
+    MAX_RECIPIENTS,
+    fingerprint,
+    parse_batch_size,
+    parse_request,
+)
 from export_tx.states import State
 from export_tx.store import Header as TxHeader
-from export_tx.store import HeaderStore, NewHeader
+from export_tx.store import HeaderStore, NewHeader, utcnow
 
 try:  # Inside the api-server (pinned Airflow): its own authentication.
     from airflow.api_fastapi.core_api.security import GetUserDep
@@ -384,6 +392,15 @@ class TransactionRequest(BaseModel):
             }
         ),
     ] = None
+    force: Annotated[
+        bool,
+        Field(
+            strict=True,
+            description="true: start a new export even if you already have the same one (same definition, "
+            "params and format) running or downloadable; otherwise that one is answered (200, with "
+            "`duplicate`). Not part of the run conf",
+        ),
+    ] = False
 
 
 @app.exception_handler(RequestValidationError)
@@ -428,6 +445,14 @@ def _request_hash(conf: dict[str, Any]) -> str:
 
 def _new_tx_id() -> str:
     return f"exp_{datetime.now(UTC):%Y%m%dT%H%M%S}_{secrets.token_hex(4)}"
+
+
+def _duplicate(header: TxHeader, user: Any) -> JSONResponse:
+    """200 with the requester's transaction of the same export: nothing new was started."""
+    record = views.transaction(header, admin=airflow_side.is_admin(user))
+    record.duplicate = views.Duplicate(of=header.id, state=header.state.value)
+    body = record.model_dump(mode="json")
+    return JSONResponse(body, status_code=status.HTTP_200_OK, headers={"Location": body["links"]["self"]})
 
 
 def _accepted(header: TxHeader, user: Any, replayed: bool = False) -> JSONResponse:
@@ -564,7 +589,17 @@ def preview_definition(
     dependencies=[CanRequest],
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Transaction,
-    responses={**ERRORS, 409: {"model": ErrorBody}, 422: {"model": ErrorBody}, 400: {"model": ErrorBody}},
+    responses={
+        **ERRORS,
+        200: {
+            "model": Transaction,
+            "description": "you already have this export (same definition, params and "
+            "format) running or downloadable: that transaction, with `duplicate`; nothing new was started",
+        },
+        409: {"model": ErrorBody},
+        422: {"model": ErrorBody},
+        400: {"model": ErrorBody},
+    },
     tags=["transactions"],
 )
 @threaded("write")
@@ -586,7 +621,7 @@ def _request_export(
     body: TransactionRequest, user: Any, store: HeaderStore, idempotency_key: str | None
 ) -> JSONResponse:
     try:
-        request = parse_request(body.model_dump(exclude_none=True))
+        request = parse_request(body.model_dump(exclude_none=True, exclude={"force"}))
     except RequestInvalid as exc:
         errors = [e.as_dict() for e in exc.errors]
         return JSONResponse({"detail": str(exc), "errors": errors}, status_code=422)
@@ -604,20 +639,31 @@ def _request_export(
             if existing.request_hash != digest:
                 raise HTTPException(status.HTTP_409_CONFLICT, KEY_REUSED)
             return _accepted(existing, user, replayed=True)
+    mark = fingerprint(request.definition, request.params, request.format)
+    if not body.force:
+        same = store.find_live_duplicate(who, mark, utcnow())
+        if same is not None:
+            return _duplicate(same, user)
     created = False
     while not created:  # a token taken already (same second, same 32 random bits): draw again
         tx_id = _new_tx_id()
         try:
-            new = NewHeader(tx_id, requested_by=who, idempotency_key=idempotency_key, request_hash=digest, **conf)
+            new = NewHeader(tx_id, requested_by=who, idempotency_key=idempotency_key, request_hash=digest,
+                            dedup_key=None if body.force else mark, **conf)  # fmt: skip
             header, created = batching.writer.create(store, new)
         except sa_exc.IntegrityError:
             # Two identical requests raced on the same key: the other one created it.
             existing = store.find_by_idempotency_key(who, idempotency_key) if idempotency_key else None
-            if existing is None:
+            if existing is not None:
+                if existing.request_hash != digest:
+                    raise HTTPException(status.HTTP_409_CONFLICT, KEY_REUSED) from None
+                return _accepted(existing, user, replayed=True)
+            # Or the same export, requested twice at once: the other request made it.
+            same = None if body.force else store.find_live_duplicate(who, mark, utcnow())
+            if same is not None:
+                return _duplicate(same, user)
+            if body.force or not store.release_stale_dedup_key(who, mark, utcnow()):
                 raise
-            if existing.request_hash != digest:
-                raise HTTPException(status.HTTP_409_CONFLICT, KEY_REUSED) from None
-            return _accepted(existing, user, replayed=True)
     started = airflow_side.starter.submit(lambda: _start_run(store, tx_id, conf, who))
     if airflow_side.starter.wait(started, config.run_start_wait_seconds()) and started.exception() is not None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the export could not be started; try again",
@@ -701,19 +747,74 @@ def get_logs(
     return LogPage(events=[views.log_event(e) for e in events], next_after=next_after)
 
 
+class CancelRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    keep_partial: Annotated[
+        bool,
+        Field(
+            strict=True,
+            description="true: keep a partial file of the batches that finished, in key order, downloadable "
+            "until its retention ends (the status shows result.partial and the key ranges it covers)",
+        ),
+    ] = False
+
+
 @app.post(f"{V1}/transactions/{{tx_id}}/cancel", dependencies=[CanCancel], status_code=202,
           responses={**ERRORS, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
           tags=["transactions"])  # fmt: skip
 @threaded("write")
-def cancel(tx_id: str, user: GetUserDep, store: StoreDep) -> JSONResponse:
-    """Cancel a queued or running transaction: CANCELLED, the run stopped, parts removed, no e-mail."""
+def cancel(tx_id: str, user: GetUserDep, store: StoreDep, body: CancelRequest | None = None) -> JSONResponse:
+    """Cancel a queued or running transaction: CANCELLED, the run stopped, parts removed, no e-mail —
+    with ``{"keep_partial": true}``, the finished batches kept as a partial file."""
     header = _visible(store, tx_id, user)
-    if header.terminal or not cancel_transaction(store, tx_id, user.get_name(), airflow_side.stop_run):
+    keep = body is not None and body.keep_partial
+    if header.terminal or not cancel_transaction(store, tx_id, user.get_name(), airflow_side.stop_run,
+                                                 keep_partial=keep):  # fmt: skip
         current = store.get(tx_id).state.value
         message = f"the transaction is {current}; only a requested or running one can be cancelled"
         raise HTTPException(status.HTTP_409_CONFLICT, message)
+    body_out = views.transaction(store.get(tx_id), admin=airflow_side.is_admin(user)).model_dump(mode="json")
+    return JSONResponse(body_out, status_code=202)
+
+
+@app.post(f"{V1}/transactions/{{tx_id}}/retry", dependencies=[CanRequest], status_code=202,
+          responses={**ERRORS, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+          tags=["transactions"])  # fmt: skip
+@threaded("write")
+def retry(tx_id: str, user: GetUserDep, store: StoreDep) -> JSONResponse:
+    """Resume a FAILED transaction (owner or admin): the same token, the same Airflow run, its log
+    continued. Only the batches that did not finish run again, then the merge; the file equals an
+    uninterrupted run's. 409 says why not: another state, or the definition or its source changed
+    shape since it was planned (its finished batches would not fit)."""
+    _visible(store, tx_id, user)
+    try:
+        resume_transaction(store, tx_id, user.get_name(), airflow_side.resume_run)
+    except NotResumable as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
     body = views.transaction(store.get(tx_id), admin=airflow_side.is_admin(user)).model_dump(mode="json")
-    return JSONResponse(body, status_code=202)
+    return JSONResponse(body, status_code=202, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+@app.get(f"{V1}/transactions/{{tx_id}}/batches", dependencies=[CanRead],
+         responses={**ERRORS, 404: {"model": ErrorBody}}, tags=["transactions"])  # fmt: skip
+@threaded("read")
+def get_batches(
+    tx_id: str,
+    user: GetUserDep,
+    store: StoreDep,
+    after: Annotated[int, Query(ge=0, le=100_000, description="the last batch_no seen")] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 200,
+) -> BatchPage:
+    """The plan's batches in key order: each one's key range, state, rows and attempts (every
+    Airflow try, across resumes)."""
+    header = _visible(store, tx_id, user)
+    plan = [b for b in store.plan(tx_id) if b.batch_no > after]
+    shown_batches = plan[:limit]
+    return BatchPage(
+        batches=[views.batch(b) for b in shown_batches],
+        total=header.batches_total,
+        next_after=shown_batches[-1].batch_no if len(plan) > limit else None,
+    )
 
 
 @app.get(f"{V1}/transactions/{{tx_id}}/download", dependencies=[CanRead],
@@ -725,13 +826,17 @@ def download(tx_id: str, user: GetUserDep, store: StoreDep) -> Any:
     """The file, in the format it was requested in (or a 303 to a short-lived URL on S3); records
     ``downloaded_at``."""
     header = _visible(store, tx_id, user)
-    if header.state in (State.EXPIRED, State.CANCELLED):
-        raise HTTPException(status.HTTP_410_GONE, f"the transaction is {header.state.value}; its file is gone")
-    if header.state != State.SUCCEEDED or not header.result_uri:
+    partial = header.state == State.CANCELLED and header.result_partial
+    if header.state == State.EXPIRED or (header.state == State.CANCELLED and not (partial and header.result_uri)):
+        gone = "its partial file's retention ended" if partial else "its file is gone"
+        raise HTTPException(status.HTTP_410_GONE, f"the transaction is {header.state.value}; {gone}")
+    if not partial and (header.state != State.SUCCEEDED or not header.result_uri):
         hint = f": {header.error}" if header.error else "; poll the transaction until it is SUCCEEDED"
         raise HTTPException(status.HTTP_409_CONFLICT, f"the transaction is {header.state.value}{hint}")
+    assert header.result_uri is not None
     fmt = formats.get(header.format)
-    filename = f"{header.definition}-{storage.tx_folder_name(header.id)}{fmt.suffix}"
+    kind = "-partial" if partial else ""
+    filename = f"{header.definition}-{storage.tx_folder_name(header.id)}{kind}{fmt.suffix}"
     path = storage.local_file(header.result_uri)
     if path is not None:
         if not Path(path).exists():

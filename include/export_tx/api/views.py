@@ -6,10 +6,10 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from export_tx.config import DAG_ID
-from export_tx.store import Event, Header
+from export_tx.store import Batch, Event, Header
 
 PREFIX = "/exports/v1"
 
@@ -21,6 +21,15 @@ class Progress(BaseModel):
     percent: int
 
 
+class KeyRange(BaseModel):
+    batch_no: int
+    from_: Any = Field(alias="from", description="the first key (inclusive)")
+    below: Any = Field(description="the key the range ends below (exclusive); null: no upper end")
+    rows: int
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+
 class Result(BaseModel):
     uri: str = Field(description="where to download the file (this API's download link)")
     storage_uri: str | None = Field(None, description="where the file is stored; shown to admins only")
@@ -28,6 +37,12 @@ class Result(BaseModel):
     bytes: int
     sha256: str
     expires_at: datetime | None
+    partial: bool = Field(
+        default=False,
+        description="true: a cancelled transaction's partial file (keep_partial), holding only the batches "
+        "that had finished, in the key ranges listed in ranges",
+    )
+    ranges: list[KeyRange] | None = Field(default=None, description="a partial file's key ranges, in key order")
 
 
 class Webhook(BaseModel):
@@ -50,7 +65,17 @@ class Links(BaseModel):
     cancel: str
     download: str
     notify: str
+    retry: str
+    batches: str
     airflow: str
+
+
+class Duplicate(BaseModel):
+    of: str = Field(description="the transaction this request duplicates: the one answered")
+    state: str = Field(description="that transaction's state when the request came")
+    matched: list[str] = Field(default=["definition", "params", "format"],
+                               description="what the two requests have in common")  # fmt: skip
+    hint: str = 'send "force": true to start a new export anyway'
 
 
 class Transaction(BaseModel):
@@ -78,7 +103,33 @@ class Transaction(BaseModel):
     notification: Notification
     downloaded_at: datetime | None
     cancelled_by: str | None
+    resumes: int = Field(default=0, description="times this transaction was resumed after failing (POST …/retry)")
     links: Links
+    duplicate: Duplicate | None = Field(
+        default=None,
+        description="only in the answer to a POST that asked for an export you already have running or "
+        "downloadable (same definition, params and format): that transaction, answered instead of a new one",
+    )
+
+
+class BatchRecord(BaseModel):
+    batch_no: int
+    from_: Any = Field(alias="from", description="the first key (inclusive)")
+    below: Any = Field(description="the key the batch ends below (exclusive); null: no upper end")
+    planned_rows: int
+    state: str = Field(description="PLANNED until its part is written and its rows recorded, then DONE")
+    rows: int | None
+    attempts: int = Field(description="tries at this batch so far, across every resume")
+    duration_s: float | None
+    done_at: datetime | None
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+
+class BatchPage(BaseModel):
+    batches: list[BatchRecord]
+    total: int | None = Field(description="batches in the plan; null: not planned yet")
+    next_after: int | None = Field(description="pass as ?after= to get the next page; null at the end")
 
 
 class TransactionList(BaseModel):
@@ -126,6 +177,8 @@ def links(tx_id: str) -> Links:
         cancel=f"{base}/cancel",
         download=f"{base}/download",
         notify=f"{base}/notify",
+        retry=f"{base}/retry",
+        batches=f"{base}/batches",
         airflow=f"/dags/{DAG_ID}/runs/{quote(tx_id, safe='')}",
     )
 
@@ -134,7 +187,8 @@ def transaction(header: Header, *, admin: bool = False) -> Transaction:
     """The status record. Requesters get download links; storage locations (server paths, bucket
     and connection names) are shown to admins only."""
     result = None
-    if header.state.value == "SUCCEEDED" and header.result_uri:
+    partial = header.state.value == "CANCELLED" and header.result_partial
+    if (header.state.value == "SUCCEEDED" or partial) and header.result_uri:
         result = Result(
             uri=links(header.id).download,
             storage_uri=header.result_uri if admin else None,
@@ -142,6 +196,8 @@ def transaction(header: Header, *, admin: bool = False) -> Transaction:
             bytes=header.result_bytes or 0,
             sha256=header.result_sha256 or "",
             expires_at=header.expires_at,
+            partial=partial,
+            ranges=[KeyRange.model_validate(r) for r in header.result_ranges or []] if partial else None,
         )
     return Transaction(
         id=header.id,
@@ -180,8 +236,15 @@ def transaction(header: Header, *, admin: bool = False) -> Transaction:
         ),
         downloaded_at=header.downloaded_at,
         cancelled_by=header.cancelled_by,
+        resumes=header.resumes,
         links=links(header.id),
     )
+
+
+def batch(b: Batch) -> BatchRecord:
+    record = {"batch_no": b.batch_no, "from": b.lo, "below": b.hi, "planned_rows": b.planned_rows, "state": b.state,
+              "rows": b.rows, "attempts": b.attempts, "duration_s": b.duration_s, "done_at": b.done_at}  # fmt: skip
+    return BatchRecord.model_validate(record)
 
 
 def log_event(event: Event) -> LogEvent:

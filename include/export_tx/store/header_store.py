@@ -21,10 +21,19 @@ from sqlalchemy.engine import Connection
 
 from export_tx import config
 from export_tx.errors import IllegalTransition, NotFound
-from export_tx.states import TERMINAL, BatchState, State, check
+from export_tx.states import ACTIVE, TERMINAL, BatchState, State, check
 from export_tx.store.engine import WRITE, engine_for, store_url_from_connection, writer_lock
 from export_tx.store.rows import Batch, Event, Header, NewHeader, PlannedBatch, utcnow
-from export_tx.store.tables import LISTED, add_missing_columns, batches, events, headers, metadata, widen_columns
+from export_tx.store.tables import (
+    LISTED,
+    add_missing_columns,
+    add_missing_indexes,
+    batches,
+    events,
+    headers,
+    metadata,
+    widen_columns,
+)
 
 _SCHEMA_READY: set[str] = set()
 
@@ -57,6 +66,7 @@ class HeaderStore:
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(727270001)"))
             metadata.create_all(conn, checkfirst=True)
             add_missing_columns(conn)
+            add_missing_indexes(conn)
             widen_columns(conn)
 
     @contextmanager
@@ -156,6 +166,39 @@ class HeaderStore:
         except NotFound:
             return None
 
+    def find_live_duplicate(self, requested_by: str, fingerprint: str, now: datetime) -> Header | None:
+        """The requester's newest transaction of the same export (definition, params, format) that
+        is still active, or SUCCEEDED with its file still downloadable."""
+        live = sa.or_(
+            headers.c.state.in_([s.value for s in ACTIVE]),
+            sa.and_(
+                headers.c.state == State.SUCCEEDED.value,
+                headers.c.result_uri.isnot(None),
+                sa.or_(headers.c.expires_at.is_(None), headers.c.expires_at > now),
+            ),
+        )
+        query = (
+            sa.select(*LISTED)
+            .where(headers.c.requested_by == requested_by, headers.c.fingerprint == fingerprint, live)
+            .order_by(headers.c.created_at.desc(), headers.c.id.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        return None if row is None else Header.from_row(row)
+
+    def release_stale_dedup_key(self, requested_by: str, dedup_key: str, now: datetime) -> bool:
+        """Free the dedup_key a transaction no longer live still holds (SUCCEEDED, its retention
+        ended, not yet EXPIRED by housekeeping). True when one was freed: create again."""
+        stale = sa.and_(
+            headers.c.requested_by == requested_by,
+            headers.c.dedup_key == dedup_key,
+            headers.c.state == State.SUCCEEDED.value,
+            sa.or_(headers.c.result_uri.is_(None), headers.c.expires_at <= now),
+        )
+        with self._tx() as conn:
+            return bool(conn.execute(headers.update().where(stale).values(dedup_key=None)).rowcount)
+
     def find_by_idempotency_key(self, requested_by: str, key: str) -> Header | None:
         query = sa.select(headers).where(headers.c.requested_by == requested_by, headers.c.idempotency_key == key)
         with self.engine.connect() as conn:
@@ -214,6 +257,18 @@ class HeaderStore:
         with self.engine.connect() as conn:
             return [Header.from_row(r) for r in conn.execute(query).mappings().all()]
 
+    def expired_partials(self, now: datetime, limit: int = 500) -> list[Header]:
+        """CANCELLED headers whose partial file's retention has ended."""
+        query = (
+            sa.select(*LISTED)
+            .where(headers.c.state == State.CANCELLED.value, headers.c.result_uri.isnot(None),
+                   headers.c.expires_at <= now)
+            .order_by(headers.c.expires_at)
+            .limit(limit)
+        )  # fmt: skip
+        with self.engine.connect() as conn:
+            return [Header.from_row(r) for r in conn.execute(query).mappings().all()]
+
     def in_states(self, states: Sequence[State], *, updated_before: datetime | None = None,
                   finished_after: datetime | None = None, limit: int = 1000) -> list[Header]:  # fmt: skip
         """Headers in any of ``states``, optionally untouched since / finished after a moment."""
@@ -249,6 +304,8 @@ class HeaderStore:
                 stamp["started_at"] = now
             if target in TERMINAL and target != State.EXPIRED:
                 stamp["finished_at"] = now
+            if target in (State.FAILED, State.CANCELLED, State.EXPIRED):
+                stamp["dedup_key"] = None  # no longer live: the same request makes a new export
             result = conn.execute(
                 headers.update()
                 .where(headers.c.id == tx_id, headers.c.state == current.value)
@@ -356,6 +413,29 @@ class HeaderStore:
             raise NotFound(f"{tx_id} batch {batch_no}")
         return Batch.from_row(row)
 
+    def reset_batches(self, tx_id: str, batch_nos: Sequence[int]) -> None:
+        """Batches to run again (their parts are gone): PLANNED, their rows uncounted."""
+        if not batch_nos:
+            return
+        with self._tx() as conn:
+            conn.execute(
+                batches.update()
+                .where(batches.c.tx_id == tx_id, batches.c.batch_no.in_(list(batch_nos)))
+                .values(state=BatchState.PLANNED, rows=None, bytes=None, part_uri=None, duration_s=None, done_at=None)
+            )
+            self._count_batches(conn, tx_id)
+
+    def _count_batches(self, conn: Connection, tx_id: str) -> None:
+        done = sa.select(sa.func.count()).where(batches.c.tx_id == tx_id, batches.c.state == BatchState.DONE)
+        written = sa.select(sa.func.coalesce(sa.func.sum(batches.c.rows), 0)).where(
+            batches.c.tx_id == tx_id, batches.c.state == BatchState.DONE
+        )
+        conn.execute(
+            headers.update()
+            .where(headers.c.id == tx_id)
+            .values(batches_done=done.scalar_subquery(), rows_written=written.scalar_subquery(), updated_at=utcnow())
+        )
+
     def start_batch(self, tx_id: str, batch_no: int) -> int:
         """Count an attempt at a batch; return the attempt number."""
         with self._tx() as conn:
@@ -408,17 +488,7 @@ class HeaderStore:
                     done_at=utcnow(),
                 )
             )
-            done = sa.select(sa.func.count()).where(batches.c.tx_id == tx_id, batches.c.state == BatchState.DONE)
-            written = sa.select(sa.func.coalesce(sa.func.sum(batches.c.rows), 0)).where(
-                batches.c.tx_id == tx_id, batches.c.state == BatchState.DONE
-            )
-            conn.execute(
-                headers.update()
-                .where(headers.c.id == tx_id)
-                .values(
-                    batches_done=done.scalar_subquery(), rows_written=written.scalar_subquery(), updated_at=utcnow()
-                )
-            )
+            self._count_batches(conn, tx_id)
             first = before != BatchState.DONE
             verb = "done" if first else "re-run, counted once"
             self._event(

@@ -68,6 +68,13 @@ class Header:
     webhook_state: str = WebhookState.NOT_REQUESTED.value
     webhook_delivered_at: datetime | None = None
     webhook_attempts: int = 0
+    fingerprint: str | None = None
+    dedup_key: str | None = None
+    #: A partial file (cancelled with keep_partial) and the key ranges it covers.
+    result_partial: bool = False
+    result_ranges: list[dict[str, Any]] | None = None
+    #: Times resumed after failing (POST …/retry).
+    resumes: int = 0
 
     @classmethod
     def from_row(cls, row: sa.RowMapping) -> Header:
@@ -145,8 +152,12 @@ class NewHeader:
     notify_webhook: str | None = None
     idempotency_key: str | None = None
     request_hash: str | None = None
+    #: Unique per requester while live: None for a request that said "force" (or not from the API).
+    dedup_key: str | None = None
 
     def row(self, now: datetime) -> dict[str, Any]:
+        from export_tx.request import fingerprint
+
         return {
             "id": self.tx_id,
             "dag_id": self.dag_id,
@@ -157,6 +168,8 @@ class NewHeader:
             "requested_by": self.requested_by,
             "idempotency_key": self.idempotency_key,
             "request_hash": self.request_hash,
+            "fingerprint": fingerprint(self.definition, self.params, self.format),
+            "dedup_key": self.dedup_key,
             "notify_email": self.notify_email,
             "notify_delay_minutes": self.notify_delay_minutes,
             "retention_days": self.retention_days,

@@ -29,6 +29,12 @@ headers = sa.Table(
     sa.Column("format", sa.String(20), nullable=False, server_default="parquet"),
     sa.Column("idempotency_key", sa.String(250)),
     sa.Column("request_hash", sa.String(64)),
+    # What makes two requests the same export: sha256 of the definition, the params (a null one as
+    # if left out) and the format (:func:`export_tx.request.fingerprint`).
+    sa.Column("fingerprint", sa.String(64)),
+    # The fingerprint while the transaction is live (active, or SUCCEEDED and downloadable), unless
+    # its request said "force": unique per requester, so two identical requests racing make one.
+    sa.Column("dedup_key", sa.String(64)),
     sa.Column("notify_email", sa.Text),  # up to 10 addresses of 254 characters
     sa.Column("notify_delay_minutes", sa.Float, nullable=False),
     sa.Column("retention_days", sa.Integer),
@@ -49,6 +55,11 @@ headers = sa.Table(
     sa.Column("result_bytes", sa.BigInteger),
     sa.Column("result_sha256", sa.String(64)),
     sa.Column("result_schema", sa.JSON),
+    # A partial file (cancelled with keep_partial): the key ranges of the batches it holds.
+    sa.Column("result_partial", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("result_ranges", sa.JSON),
+    # Times the transaction was resumed after it failed (POST …/retry).
+    sa.Column("resumes", sa.Integer, nullable=False, server_default="0"),
     # The columns fixed at planning (source types, file types, how each is read): every batch,
     # the merge and a zero-row result use exactly these.
     sa.Column("schema_plan", sa.JSON),
@@ -62,6 +73,9 @@ headers = sa.Table(
     sa.Column("finished_at", _TS),
     sa.Index("ix_export_header_requester", "requested_by", "created_at"),
     sa.Index("ix_export_header_state", "state"),
+    sa.Index("ix_export_header_fingerprint", "requested_by", "fingerprint"),
+    # NULLs never collide: a forced or ended transaction holds no dedup_key.
+    sa.Index("uq_export_header_dedup", "requested_by", "dedup_key", unique=True),
     sa.UniqueConstraint("requested_by", "idempotency_key", name="uq_export_header_idempotency"),
 )
 
@@ -117,6 +131,17 @@ def add_missing_columns(conn: Connection) -> None:
                 raise RuntimeError(f"cannot add NOT NULL column {table.name}.{column.name} without a default")
             ddl = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
             conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")
+
+
+def add_missing_indexes(conn: Connection) -> None:
+    """An index added since a table was created is created in place (``CREATE INDEX``, on SQLite
+    and PostgreSQL alike). Idempotent."""
+    inspector = sa.inspect(conn)
+    for table in metadata.sorted_tables:
+        present = {i["name"] for i in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in present:
+                index.create(conn)
 
 
 def widen_columns(conn: Connection) -> None:

@@ -120,7 +120,7 @@ def test_a_huge_token_is_simply_not_found(client: Any) -> None:
 
 def test_cookie_sessions_mutate_only_from_the_same_origin(client: Any) -> None:
     client.cookies.set("_token", "a-session")
-    body = {"definition": "demo_orders"}
+    body = {"definition": "demo_orders", "force": True}
     foreign = _post(client, body, Origin="https://evil.example")
     assert foreign.status_code == 403 and foreign.json()["errors"][0]["field"] == "Origin"
     assert _post(client, body).status_code == 403  # no Origin at all

@@ -92,7 +92,8 @@ def test_the_event_body_is_the_status_record_with_absolute_links(monkeypatch: py
         tx, "SUCCEEDED", "demo_orders", "Q3 for finance", "csv")  # fmt: skip
     download = f"https://airflow.example.com/exports/v1/transactions/{tx}/download"
     assert record["result"] == {"uri": download, "storage_uri": None, "rows": 1234, "bytes": 5678,
-                                "sha256": "ab" * 32, "expires_at": record["result"]["expires_at"]}  # fmt: skip
+                                "sha256": "ab" * 32, "expires_at": record["result"]["expires_at"],
+                                "partial": False, "ranges": None}  # fmt: skip
     assert record["links"]["self"] == f"https://airflow.example.com/exports/v1/transactions/{tx}"
     assert record["error"] is None and record["created_at"] and record["finished_at"]
     assert record["notification"]["webhook"] == {"url": HOOK, "state": "pending", "delivered_at": None,
