@@ -10,6 +10,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from urllib.parse import quote
 
 import httpx
 
-from export_tx import config, formats
+from export_tx import config, formats, transfer
 from export_tx.errors import CliError
 from export_tx.states import ACTIVE as ACTIVE_STATES
 from export_tx.states import State
@@ -40,7 +41,7 @@ examples:
   export-tx cancel TOKEN [--yes] [--keep-partial]
   export-tx retry TOKEN [--wait]        (a FAILED export: only its unfinished batches run again)
   export-tx batches TOKEN
-  export-tx download TOKEN [-o FILE]
+  export-tx download TOKEN [-o FILE] [--no-resume]      (resumes a cut download)
   export-tx list [--state RUNNING]
   export-tx definitions
   export-tx preview demo_orders --param status=shipped [--rows 10]   (nothing is written)
@@ -206,24 +207,207 @@ def print_preview(answer: dict[str, Any], out: IO[str] | None = None) -> None:
     print(f"({answer['elapsed_s']:.2f} s, nothing written)", file=out)
 
 
-def download(client: httpx.Client, tx_id: str, output: Path | None) -> Path:
+#: A download whose connection drops (or times out) resumes where it stopped, this many times in all,
+#: waiting 1, 2, 4, … seconds (at most :data:`DOWNLOAD_BACKOFF_MAX_S`) before each new try.
+DOWNLOAD_TRIES = 6
+DOWNLOAD_BACKOFF_S = 1.0
+DOWNLOAD_BACKOFF_MAX_S = 16.0
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+class _Cut(Exception):
+    """The answer ended before the file did: try again, resuming."""
+
+
+class _StartOver(Exception):
+    """The part turned out not to be of this file."""
+
+
+class _Part:
+    """``FILE.part`` (the bytes so far) and ``FILE.part.etag`` (the ETag of the file they are of,
+    written before the first byte), and the sha256 of the part, kept up as it grows."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        self.path = target.with_name(target.name + ".part")
+        self.etag_path = target.with_name(target.name + ".part.etag")
+        self._sha = hashlib.sha256()
+        self._hashed: int | None = None  # bytes of the part in _sha; None: not read yet
+
+    @property
+    def size(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    @property
+    def etag(self) -> str | None:
+        try:
+            return self.etag_path.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def sha256(self) -> str:
+        if self._hashed != self.size:  # a part left by an earlier run: read it once
+            self._sha, self._hashed = hashlib.sha256(), 0
+            if self.path.exists():
+                with self.path.open("rb") as f:
+                    while chunk := f.read(1 << 20):
+                        self._sha.update(chunk)
+                        self._hashed += len(chunk)
+        return self._sha.hexdigest()
+
+    def receive(self, answer: httpx.Response, *, append: bool, etag: str | None) -> None:
+        """The answer's body at the end of the part (``append``), or as a new part of the file ``etag`` names."""
+        if append:
+            self.sha256()
+        else:
+            self.path.write_bytes(b"")
+            self.etag_path.unlink(missing_ok=True)
+            if etag:
+                self.etag_path.write_text(etag + "\n")
+            self._sha, self._hashed = hashlib.sha256(), 0
+        with self.path.open("ab") as f:
+            for chunk in answer.iter_bytes():  # as they arrive: what came before a drop is kept
+                f.write(chunk)
+                self._sha.update(chunk)
+                self._hashed = (self._hashed or 0) + len(chunk)
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.etag_path.unlink(missing_ok=True)
+        self._sha, self._hashed = hashlib.sha256(), 0
+
+    def publish(self) -> None:
+        """FILE.part → FILE, on disk first, in one rename."""
+        with self.path.open("rb") as f:
+            os.fsync(f.fileno())
+        os.replace(self.path, self.target)
+        self.etag_path.unlink(missing_ok=True)
+
+
+def _say(message: str) -> None:
+    print(f"export-tx: {message}", file=sys.stderr, flush=True)
+
+
+def download(
+    client: httpx.Client,
+    tx_id: str,
+    output: Path | None,
+    *,
+    resume: bool = True,
+    tries: int = DOWNLOAD_TRIES,
+    backoff_s: float = DOWNLOAD_BACKOFF_S,
+) -> Path:
+    """Download into ``FILE.part`` and rename it to ``FILE`` once its sha256 is the status' and the
+    server's ``Repr-Digest``. A part left by an earlier run resumes (``Range`` from its size,
+    ``If-Range`` with the ETag it is of: another file comes whole); a dropped connection resumes
+    by itself, ``tries`` times in all with exponential backoff, each time asking the API again
+    (on S3: a fresh presigned URL). ``resume=False`` starts over."""
     tx = _check(client.get(_tx_path(tx_id)))
     # The file as the server names it: the format's suffix (a format this client does not know: Parquet's).
     fmt = formats.FORMATS.get(str(tx.get("format")), formats.get())
     target = output or Path(f"{tx['definition']}-{tx_id.replace(':', '_').replace('+', '_')}{fmt.suffix}")
-    sha = hashlib.sha256()
-    with client.stream("GET", _tx_path(tx_id) + "/download", follow_redirects=True) as answer:
-        if answer.status_code >= 400:
+    result = tx.get("result") or {}
+    expected: str | None = result.get("sha256") or None
+    size: int | None = result.get("bytes")
+    part = _Part(target)
+    if not resume:
+        part.discard()
+    digest: str | None = None  # the sha256 of the server's Repr-Digest
+    for attempt in range(1, tries + 1):
+        try:
+            digest = _fetch(client, tx_id, part, size, expected) or digest
+            break
+        except (httpx.TransportError, _Cut) as exc:
+            reason = str(exc) if isinstance(exc, _Cut) else type(exc).__name__
+            if attempt == tries:
+                raise CliError(f"the download was cut {tries} times (last: {reason}); {part.size:,} bytes are kept "
+                               f"in {part.path}: the same command resumes it") from None  # fmt: skip
+            wait = min(backoff_s * 2 ** (attempt - 1), DOWNLOAD_BACKOFF_MAX_S)
+            _say(f"the download was cut at {part.size:,} bytes ({reason}); resuming in {wait:g} s "
+                 f"(try {attempt + 1} of {tries})")  # fmt: skip
+            time.sleep(wait)
+    got = part.sha256()
+    for want, whose in ((expected, "the status'"), (digest, "the server's Repr-Digest")):
+        if want and got != want:
+            part.discard()  # resuming it would only give the same file again
+            raise CliError(f"downloaded file's sha256 {got} differs from {whose} {want}")
+    part.publish()
+    return target
+
+
+def _fetch(client: httpx.Client, tx_id: str, part: _Part, size: int | None, expected: str | None) -> str | None:
+    """One try: the rest of the file into the part (all of it, when there is nothing to resume).
+    Returns the sha256 the server's ``Repr-Digest`` names, if it sent one."""
+    try:
+        return _fetch_once(client, tx_id, part, size, expected)
+    except _StartOver as exc:
+        _say(f"{exc}: starting over")
+        part.discard()
+        return _fetch_once(client, tx_id, part, size, expected)  # no part: no range, so no _StartOver
+
+
+def _fetch_once(client: httpx.Client, tx_id: str, part: _Part, size: int | None, expected: str | None) -> str | None:
+    have, etag = part.size, part.etag
+    if have and size is not None and have >= size:
+        if have == size and etag and part.sha256() == expected:
+            return None  # complete already: only the rename was left
+        _say(f"{part.path} is not a part of this file: starting over")
+        part.discard()
+        have = 0
+    elif have and etag is None:
+        _say(f"{part.path} has no {part.etag_path.name} to say which file it is of: starting over")
+        part.discard()
+        have = 0
+    elif have:
+        _say(f"resuming {part.path} at {have:,}" + (f" of {size:,} bytes" if size is not None else " bytes"))
+    # As stored (identity): ranges count the stored file's bytes.
+    headers = {"Accept-Encoding": "identity"}
+    if have:
+        headers |= {"Range": f"bytes={have}-", "If-Range": etag or ""}
+    answer = client.send(client.build_request("GET", _tx_path(tx_id) + "/download", headers=headers), stream=True)
+    try:
+        ours = answer.headers.get("etag")
+        digest = transfer.sha256_of_repr_digest(answer.headers.get("repr-digest"))
+        if answer.status_code == 303:
+            # Object storage: our ETag on the 303 says whether the part is of this file; the store's
+            # own ETags are not ours, so the Range goes there without If-Range.
+            location = answer.headers["location"]
+            answer.close()
+            if have and ours != etag:
+                _say(f"the file is not the one {part.path} is of: downloading it whole")
+                have = 0
+            redirect = client.build_request("GET", location, headers={"Accept-Encoding": "identity"} | (
+                {"Range": f"bytes={have}-"} if have else {}))  # fmt: skip
+            if redirect.url.netloc != client.base_url.netloc or redirect.url.scheme != client.base_url.scheme:
+                del redirect.headers["Authorization"]  # the presigned URL is its own authorisation
+            answer = client.send(redirect, stream=True)
+        if answer.status_code == 206 and have:
+            match = _CONTENT_RANGE.fullmatch(answer.headers.get("content-range", ""))
+            if match is None or int(match[1]) != have:
+                raise _StartOver("the server sent another range than the one asked for")
+            total = None if match[3] == "*" else int(match[3])
+            part.receive(answer, append=True, etag=ours)
+        elif answer.status_code == 200:
+            if have:
+                _say(f"the server sent the whole file (it is not the one {part.path} was of): starting over")
+            part.receive(answer, append=False, etag=ours)
+            total = size
+        elif answer.status_code == 416 and have:
+            # At least as long as the file is: not a part of it.
+            raise _StartOver(f"{part.path} is not a part of this file")
+        elif answer.status_code >= 400:
             answer.read()
             _check(answer)
-        with target.open("wb") as f:
-            for chunk in answer.iter_bytes(1 << 20):
-                sha.update(chunk)
-                f.write(chunk)
-    expected = (tx.get("result") or {}).get("sha256")
-    if expected and sha.hexdigest() != expected:
-        raise CliError(f"downloaded file's sha256 {sha.hexdigest()} differs from the status' {expected}")
-    return target
+        else:
+            raise CliError(f"unexpected answer {answer.status_code} to a download")
+    finally:
+        answer.close()
+    if total is not None and part.size < total:
+        raise _Cut(f"the answer ended at {part.size:,} of {total:,} bytes")
+    return digest
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -331,12 +515,21 @@ def build_parser() -> argparse.ArgumentParser:
         "status lists the key ranges it holds",
     )  # fmt: skip
 
-    dl = command("download", "download a succeeded transaction's file, checking its sha256")
+    dl = command(
+        "download",
+        "download a succeeded transaction's file, checking its sha256; a download that was cut resumes",
+    )
     dl.add_argument("token", help="the transaction's token")
     dl.add_argument(
         "-o", "--output", type=Path, metavar="FILE",
         help="the file to write; default: DEFINITION-TOKEN and the format's suffix (.parquet, .csv, …) in the "
-        "current directory",
+        "current directory. The bytes go to FILE.part first (FILE.part.etag beside it names the file they are "
+        "of), renamed to FILE once the sha256 is checked; a dropped connection resumes by itself "
+        f"({DOWNLOAD_TRIES} tries in all), and a FILE.part left by a run that was stopped resumes next time",
+    )  # fmt: skip
+    dl.add_argument(
+        "--no-resume", action="store_true",
+        help="start over: remove a FILE.part left by an earlier run instead of resuming it",
     )  # fmt: skip
 
     command("definitions", "list the export definitions, their parameters and retention")
@@ -507,7 +700,7 @@ def _run(client: httpx.Client, args: argparse.Namespace) -> int:
             next_batch = page["next_after"]
         return 0
     if args.command == "download":
-        path = download(client, args.token, args.output)
+        path = download(client, args.token, args.output, resume=not args.no_resume)
         print(path)
         return 0
     raise CliError(f"unknown command {args.command}")

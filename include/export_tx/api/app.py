@@ -26,14 +26,14 @@ import anyio
 import anyio.to_thread
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from sqlalchemy import exc as sa_exc
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from export_tx import config, formats, storage
-from export_tx.api import airflow_side, batching, views
+from export_tx import config, formats, storage, transfer
+from export_tx.api import airflow_side, batching, downloads, views
 from export_tx.api.auth import decided_by_role, may_use_exports
 from export_tx.api.views import BatchPage, ErrorBody, LogPage, Transaction, TransactionList
 from export_tx.catalog import registry
@@ -818,13 +818,29 @@ def get_batches(
 
 
 @app.get(f"{V1}/transactions/{{tx_id}}/download", dependencies=[CanRead],
-         responses={**ERRORS, 303: {"description": "redirect to a short-lived object-storage URL"},
-                    404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 410: {"model": ErrorBody}},
-         tags=["transactions"])  # fmt: skip
+         responses={**ERRORS, **downloads.RESPONSES, 404: {"model": ErrorBody}, 409: {"model": ErrorBody},
+                    410: {"model": ErrorBody}},
+         response_class=Response, tags=["transactions"])  # fmt: skip
 @threaded("write")
-def download(tx_id: str, user: GetUserDep, store: StoreDep) -> Any:
-    """The file, in the format it was requested in (or a 303 to a short-lived URL on S3); records
-    ``downloaded_at``."""
+def download(
+    tx_id: str,
+    user: GetUserDep,
+    store: StoreDep,
+    range_: downloads.RangeHeader = None,
+    if_range: downloads.IfRangeHeader = None,
+    if_none_match: downloads.IfNoneMatchHeader = None,
+) -> Any:
+    """The file, in the format it was requested in, or a 303 to a short-lived URL on S3.
+
+    Resumable: ``Range`` (206; 416 past the end) and ``If-Range`` with the ``ETag``
+    (``"sha256-<hex>"``: the same file resumes, another is sent whole). Every answer about the file
+    carries ``ETag``, ``Repr-Digest: sha-256=:<base64>:`` and ``Digest: SHA-256=<base64>`` — the
+    whole file's sha256, on a 206 and on the 303 too — and ``If-None-Match`` with the ETag is a 304.
+
+    Each answer that hands out the file — the whole (200), any part of it (206: a resumed download
+    is still a download), or the URL (303) — records the download: ``downloaded_at`` the first
+    time, a ``download`` event each time. A 304 or a 416 hands out nothing and records nothing.
+    """
     header = _visible(store, tx_id, user)
     partial = header.state == State.CANCELLED and header.result_partial
     if header.state == State.EXPIRED or (header.state == State.CANCELLED and not (partial and header.result_uri)):
@@ -837,15 +853,25 @@ def download(tx_id: str, user: GetUserDep, store: StoreDep) -> Any:
     fmt = formats.get(header.format)
     kind = "-partial" if partial else ""
     filename = f"{header.definition}-{storage.tx_folder_name(header.id)}{kind}{fmt.suffix}"
+    validators = transfer.headers(header.result_sha256)
     path = storage.local_file(header.result_uri)
     if path is not None:
-        if not Path(path).exists():
-            raise HTTPException(status.HTTP_410_GONE, "the file is no longer in storage")
+        try:
+            stat = Path(path).stat()
+        except FileNotFoundError:
+            raise HTTPException(status.HTTP_410_GONE, "the file is no longer in storage") from None
+        if transfer.none_match(if_none_match, validators.get("ETag")):
+            return downloads.not_modified(validators)
+        answer = downloads.FileDownload(path, stat, fmt.media_type, filename, validators)
+        if answer.unsatisfiable(range_, if_range):
+            return downloads.range_not_satisfiable(stat.st_size, validators)
         record_download(store, tx_id, user.get_name())
-        return FileResponse(path, media_type=fmt.media_type, filename=filename)
+        return answer
+    if transfer.none_match(if_none_match, validators.get("ETag")):
+        return downloads.not_modified(validators)
     url = storage.presigned_url(header.result_uri, filename, fmt.media_type)
     record_download(store, tx_id, user.get_name())
-    return RedirectResponse(url, status_code=status.HTTP_303_SEE_OTHER)
+    return RedirectResponse(url, status_code=status.HTTP_303_SEE_OTHER, headers=validators)
 
 
 @app.post(f"{V1}/transactions/{{tx_id}}/notify", dependencies=[CanRequest], status_code=202,
