@@ -84,3 +84,17 @@ class FakeUser:
 
     def get_name(self) -> str:
         return self.name
+
+
+def assert_only_finished_parts(tx_id: str) -> None:
+    """A FAILED transaction keeps exactly its finished batches' parts (POST …/retry re-runs the
+    others): no result, no temporary file, no part of an unfinished batch."""
+    from export_tx import formats, storage
+
+    s = store()
+    header = s.get(tx_id)
+    root = storage.tx_root(tx_id)
+    found = sorted(str(p) for p in root.rglob("*") if p.is_file()) if root.exists() else []
+    fmt = formats.get(header.format)
+    expected = sorted(str(storage.part_path(tx_id, b.batch_no, fmt.suffix)) for b in s.plan(tx_id) if b.state == "DONE")
+    assert found == expected, f"left in storage: {found}; the finished batches' parts: {expected}"

@@ -37,6 +37,21 @@ def remove_files(header: Header, *, keep_parts: bool = False) -> bool:
     return removed
 
 
+def remove_unfinished_parts(store: HeaderStore, header: Header) -> bool:
+    """A FAILED transaction keeps the parts of its finished batches (a resume re-runs the others);
+    a part an unfinished batch left half-written goes. True when something was removed."""
+    from export_tx.states import BatchState
+
+    suffix = _suffix(header)
+    removed = False
+    for b in store.plan(header.id):
+        part = storage.part_path(header.id, b.batch_no, suffix)
+        if b.state != BatchState.DONE and part.exists():
+            storage.remove(part)
+            removed = True
+    return removed
+
+
 def _suffix(header: Header) -> str:
     """The file suffix of the header's format (a format this version does not know: Parquet's,
     the only one before formats could be chosen)."""
@@ -45,8 +60,12 @@ def _suffix(header: Header) -> str:
 
 
 def cleanup(store: HeaderStore, header: Header, why: str, *, keep_parts: bool = False) -> None:
-    """Remove the files of an ended transaction (:func:`remove_files`) and say so in its log."""
-    if remove_files(header, keep_parts=keep_parts):
+    """Remove the files of an ended transaction (:func:`remove_files`; with ``keep_parts``, all but
+    its finished batches' parts) and say so in its log."""
+    removed = remove_files(header, keep_parts=keep_parts)
+    if keep_parts:
+        removed = remove_unfinished_parts(store, header) or removed
+    if removed:
         what = "parts" if header.state == State.SUCCEEDED else "files"
         if keep_parts:
             what += " but the finished batches' parts (kept for POST …/retry)"

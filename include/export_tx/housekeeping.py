@@ -15,7 +15,7 @@ from typing import Any
 
 from export_tx import storage
 from export_tx.config import resume_keep_days
-from export_tx.control import close_after_run_failed, remove_files
+from export_tx.control import close_after_run_failed, remove_files, remove_unfinished_parts
 from export_tx.states import ACTIVE, NotificationState, State
 from export_tx.store import HeaderStore, utcnow
 
@@ -72,7 +72,10 @@ def remove_leftover_parts(store: HeaderStore, lookback: timedelta = timedelta(da
     for header in ended:
         keep = (header.state == State.FAILED and header.finished_at is not None
                 and header.finished_at > resumable_since)  # fmt: skip
-        if remove_files(header, keep_parts=keep):
+        removed = remove_files(header, keep_parts=keep)
+        if keep:
+            removed = remove_unfinished_parts(store, header) or removed
+        if removed:
             store.add_event(header.id, "cleanup", f"housekeeping removed the files left by the {header.state.value} "
                             "transaction" + (" but the finished batches' parts (kept for POST …/retry)"
                                              if keep else ""))  # fmt: skip

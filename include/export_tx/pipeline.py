@@ -403,12 +403,15 @@ def finalize(store: HeaderStore, tx_id: str) -> Outcome:
     store.fail(tx_id, message)
     final = store.get(tx_id)
     if final.state != State.SUCCEEDED:
-        from export_tx.control import remove_files
+        from export_tx.control import remove_files, remove_unfinished_parts
 
         # A temporary file, and a result a merge published before the store could say so. A FAILED
         # transaction keeps its finished batches' parts: POST …/retry re-runs only the others.
         resumable = final.state == State.FAILED
-        if remove_files(final, keep_parts=resumable):
+        removed = remove_files(final, keep_parts=resumable)
+        if resumable:
+            removed = remove_unfinished_parts(store, final) or removed
+        if removed:
             kept = " but the finished batches' parts (kept for POST …/retry)" if resumable else ""
             store.add_event(tx_id, "cleanup", f"removed the files of the unfinished export{kept}")
     if final.state == State.FAILED:

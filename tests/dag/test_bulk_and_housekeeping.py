@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from export_tx import storage
+from export_tx import config, storage
 from export_tx.bulk import load
 from export_tx.errors import BulkExportsInvalid
 from export_tx.housekeeping import expire_results, reconcile, remove_leftover_parts
@@ -148,20 +148,69 @@ def _active_header(s: HeaderStore, tx: str) -> None:
 
 
 def test_leftover_parts_of_ended_transactions_are_removed() -> None:
+    """Parts of a cancelled transaction go at once; a FAILED one's finished parts stay for
+    EXPORT_TX_RESUME_KEEP_DAYS (POST …/retry re-runs only the others), then go too."""
     s = store()
-    ended, running = f"hk-ended-{os.getpid()}", f"hk-running-{os.getpid()}"
-    for tx in (ended, running):
+    pid = os.getpid()
+    cancelled, failed, old, running = (f"hk-{k}-{pid}" for k in ("cancelled", "failed", "old", "running"))
+    for tx in (cancelled, failed, old, running):
         _active_header(s, tx)
         part = storage.part_path(tx, 1)
         part.parent.mkdir(parents=True, exist_ok=True)
         part.write_bytes(b"left behind")
-    s.fail(ended, "boom")
+        tmp = storage.temp_result_path(tx, "demo_orders")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(b"half a merge")
+    s.fail(cancelled, "cancelled by ana", state=State.CANCELLED, cancelled_by="ana")
+    s.fail(failed, "boom")
+    s.fail(old, "boom, long ago")
+    with s.engine.begin() as conn:
+        from export_tx.store import headers
+
+        long_ago = utcnow() - timedelta(days=config.RESUME_KEEP_DAYS_DEFAULT, hours=1)
+        conn.execute(headers.update().where(headers.c.id == old).values(finished_at=long_ago))
     report = remove_leftover_parts(s)
-    assert ended in report.transactions and running not in report.transactions
-    assert not storage.parts_dir(ended).exists()
+    assert {cancelled, failed, old} <= set(report.transactions) and running not in report.transactions
+    assert not storage.tx_root(cancelled).exists() and not storage.tx_root(old).exists()
+    # Failed within the keep days: the half-merged file is gone, the finished batch's part stays.
+    assert storage.part_path(failed, 1).exists() and not storage.temp_result_path(failed, "demo_orders").exists()
+    assert "but the finished batches' parts (kept for POST …/retry)" in s.last_event(failed, "cleanup").message  # type: ignore[union-attr]
     assert storage.part_path(running, 1).exists()  # a running export keeps its parts
-    assert "housekeeping removed the files left by" in s.last_event(ended, "cleanup").message  # type: ignore[union-attr]
-    assert ended not in remove_leftover_parts(s).transactions
+    assert "housekeeping removed the files left by" in s.last_event(cancelled, "cleanup").message  # type: ignore[union-attr]
+    assert not {cancelled, failed, old} & set(remove_leftover_parts(s).transactions)
+
+
+def test_a_partial_file_is_kept_until_its_retention_ends() -> None:
+    """A cancelled transaction's partial file (keep_partial) survives the cleanup of its parts and
+    is deleted once its retention ends; the transaction stays CANCELLED, its download then 410."""
+    from export_tx.housekeeping import expire_partials
+
+    s = store()
+    kept, ended = f"hk-partial-{os.getpid()}", f"hk-partial-old-{os.getpid()}"
+    for tx, expires in ((kept, utcnow() + timedelta(days=1)), (ended, utcnow() - timedelta(minutes=1))):
+        _active_header(s, tx)
+        part = storage.part_path(tx, 2)
+        part.parent.mkdir(parents=True, exist_ok=True)
+        part.write_bytes(b"an unfinished batch")
+        partial = storage.partial_path(tx, "demo_orders")
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_bytes(b"the finished batches")
+        s.fail(tx, "cancelled by ana", state=State.CANCELLED, cancelled_by="ana")
+        s.update(tx, result_uri=str(partial), result_partial=True, expires_at=expires,
+                 result_ranges=[{"batch_no": 1, "from": 1, "below": 1000, "rows": 999}])  # fmt: skip
+    remove_leftover_parts(s)
+    for tx in (kept, ended):
+        assert not storage.parts_dir(tx).exists() and storage.partial_path(tx, "demo_orders").exists()
+    assert expire_partials(s).transactions == [ended]
+    assert (
+        storage.partial_path(kept, "demo_orders").exists() and not storage.partial_path(ended, "demo_orders").exists()
+    )
+    header = s.get(ended)
+    assert header.state == State.CANCELLED and header.result_uri is None
+    assert "the partial file's retention ended" in s.last_event(ended, "cleanup").message  # type: ignore[union-attr]
+    assert expire_partials(s).transactions == []
+    remove_leftover_parts(s)
+    assert not storage.tx_root(ended).exists() and storage.partial_path(kept, "demo_orders").exists()
 
 
 def test_reconcile_closes_headers_whose_run_ended_or_vanished() -> None:
@@ -187,7 +236,7 @@ def test_reconcile_closes_headers_whose_run_ended_or_vanished() -> None:
     assert s.get(failed).state == State.FAILED and "ended failed before the export finished" in (
         s.get(failed).error or ""
     )
-    assert not storage.parts_dir(failed).exists()
+    assert storage.part_path(failed, 1).exists()  # resumable: its finished batches' parts are kept
     assert s.get(running).state == State.RUNNING and s.get(fresh).state == State.RUNNING
 
 

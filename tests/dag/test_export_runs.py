@@ -16,7 +16,15 @@ import pytest
 from export_tx import pipeline, storage
 from export_tx.catalog import registry
 from export_tx.states import State
-from tests.helpers import demo_source_rows, file_sha256, local_path, read_result, run_export, store
+from tests.helpers import (
+    assert_only_finished_parts,
+    demo_source_rows,
+    file_sha256,
+    local_path,
+    read_result,
+    run_export,
+    store,
+)
 
 pytestmark = pytest.mark.usefixtures("airflow_db", "demo_db")
 
@@ -136,7 +144,8 @@ def test_a_batch_failing_for_good_fails_the_transaction(monkeypatch: pytest.Monk
     assert header.result_uri is None and header.rows_written == 1000  # batch 1 alone finished
     result_dir = storage.tx_root(run.run_id) / "result"
     assert not result_dir.exists() or list(result_dir.iterdir()) == [], "nothing may be published"
-    assert not storage.parts_dir(run.run_id).exists(), "parts of a failed export are removed"
+    assert_only_finished_parts(run.run_id)  # batch 1's part, kept for POST …/retry
+    assert storage.part_path(run.run_id, 1).exists() and not storage.part_path(run.run_id, 2).exists()
     events = store().events(run.run_id)
     retries = [e.message for e in events if e.kind == "retry"]
     assert len(retries) == 2 and "attempt 1 of 3, retrying" in retries[0]
@@ -226,7 +235,7 @@ def test_a_result_published_while_the_store_was_down_is_removed_with_the_failure
     assert run.state == "failed" and header.state == State.FAILED
     assert "merging failed (OperationalError" in (header.error or "")
     assert len([e for e in store().events(run.run_id) if e.kind == "retry"]) == 3  # transient: retried
-    assert not storage.tx_root(run.run_id).exists(), "no file of a failed export is left, the result included"
+    assert_only_finished_parts(run.run_id)  # the result included: only finished batches' parts are kept
 
 
 def test_merge_refuses_to_publish_when_rows_do_not_add_up(monkeypatch: pytest.MonkeyPatch) -> None:

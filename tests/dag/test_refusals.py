@@ -17,11 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from export_tx import storage
 from export_tx.catalog import registry
 from export_tx.sources import PostgresSource
 from export_tx.states import State
-from tests.helpers import local_path, run_export, store
+from tests.helpers import assert_only_finished_parts, local_path, run_export, store
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -60,7 +59,7 @@ def _refused(conf: dict[str, Any], step: str) -> tuple[Any, str]:
     tries = {ti.task_id: ti.try_number for ti in run.get_task_instances() if ti.state == "failed"}
     assert tries.get(step) == 1, tries
     assert header.result_uri is None
-    assert not storage.parts_dir(run.run_id).exists()
+    assert_only_finished_parts(run.run_id)
     return run, header.error or ""
 
 

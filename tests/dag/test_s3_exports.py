@@ -73,7 +73,10 @@ def test_export_to_s3_and_presigned_download(s3_storage: dict[str, str], demo_db
     assert hashlib.sha256(httpx.get(public_url).content).hexdigest() == header.result_sha256
 
 
-def test_a_failed_export_leaves_nothing_on_s3(s3_storage: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_export_leaves_only_its_finished_parts_on_s3(
+    s3_storage: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On S3 as on disk: nothing of a failed export but its finished batches' parts (for a resume)."""
     from export_tx import pipeline
 
     real = pipeline.export_batch
@@ -86,10 +89,13 @@ def test_a_failed_export_leaves_nothing_on_s3(s3_storage: dict[str, str], monkey
     monkeypatch.setattr(pipeline, "export_batch", broken)
     run = run_export({"definition": "demo_orders", "params": {"status": "paid"}, "batch_size": 1000})
     assert run.state == "failed" and store().get(run.run_id).state == State.FAILED
-    listed = _client(s3_storage).list_objects_v2(  # type: ignore[attr-defined]
-        Bucket="exports", Prefix=f"exports/{storage.tx_folder_name(run.run_id)}/"
-    )
-    assert listed.get("KeyCount", 0) == 0
+    prefix = f"exports/{storage.tx_folder_name(run.run_id)}/"
+    listed = _client(s3_storage).list_objects_v2(Bucket="exports", Prefix=prefix)  # type: ignore[attr-defined]
+    finished = [b.batch_no for b in store().plan(run.run_id) if b.state == "DONE"]
+    assert 2 not in finished and finished  # batches 1 and maybe 3 or 4 had finished
+    assert sorted(o["Key"] for o in listed.get("Contents", [])) == [
+        f"{prefix}parts/part-{n:05d}.parquet" for n in finished
+    ]
 
 
 @contextmanager

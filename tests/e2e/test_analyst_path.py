@@ -175,6 +175,47 @@ def test_cancel_asks_first(analyst_page: Any, clients: dict[str, httpx.Client], 
     page.screenshot(path=artifact(session_dir, "analyst-cancelled.png"), full_page=True)
 
 
+def test_cancel_keeping_the_finished_batches(
+    analyst_page: Any, clients: dict[str, httpx.Client], session_dir: Path, demo_db: Path
+) -> None:
+    """Once batches have finished, the row offers "Cancel, keep finished": the export ends CANCELLED
+    with a partial file — offered as "Download partial" — holding exactly the source's rows in the
+    finished batches' key ranges."""
+    import io
+    import sqlite3
+
+    import pyarrow.parquet as pq
+
+    page, analyst = analyst_page, clients["analyst"]
+    running = analyst.post("/exports/v1/transactions", json={"definition": "demo_orders", "batch_size": 1000,
+                                                            "label": "keep some", "force": True}).json()  # fmt: skip
+    page.goto("/exports/ui")
+    # The button appears with the first finished batch (the page refreshes while something runs).
+    button = page.locator(f'tr[data-id="{running["id"]}"] button.cancel-keep')
+    button.wait_for(timeout=30_000)
+    questions: list[str] = []
+    page.once("dialog", lambda dialog: (questions.append(dialog.message), dialog.accept()))
+    button.click()
+    status = wait_status(analyst, running["id"], terminal)
+    assert status["state"] == "CANCELLED" and "kept as a partial file" in questions[0]
+    result = status["result"]
+    assert result["partial"] is True and 1 <= len(result["ranges"]) < 20
+    link = page.locator(f'tr[data-id="{running["id"]}"] a.download', has_text="Download partial")
+    link.wait_for(timeout=30_000)
+    page.screenshot(path=artifact(session_dir, "analyst-cancelled-partial.png"), full_page=True)
+    answer = analyst.get(link.get_attribute("href") or "")
+    assert answer.status_code == 200 and hashlib.sha256(answer.content).hexdigest() == result["sha256"]
+    assert "-partial.parquet" in answer.headers["content-disposition"]
+    keys = pq.read_table(io.BytesIO(answer.content)).column("order_id").to_pylist()
+
+    def kept(key: int) -> bool:
+        return any(r["from"] <= key and (r["below"] is None or key < r["below"]) for r in result["ranges"])
+
+    with sqlite3.connect(demo_db) as conn:
+        expected = [k for (k,) in conn.execute("SELECT order_id FROM demo_orders ORDER BY order_id") if kept(k)]
+    assert keys == expected and len(keys) == result["rows"] == sum(r["rows"] for r in result["ranges"])
+
+
 def test_a_run_page_in_airflow_shows_its_export(
     browser: Any,
     stack: AirflowStack,

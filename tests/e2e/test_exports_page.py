@@ -119,6 +119,19 @@ def test_an_analyst_requests_an_export_from_the_form(
     assert status["params"] == {"status": "paid", "since": "2025-06-01"} and status["batch_size"] == 1000
     page.locator(f'tr[data-id="{token}"] .state', has_text="SUCCEEDED").wait_for(timeout=60_000)
     page.screenshot(path=artifact(session_dir, "exports-new-export.png"), full_page=True)
+    # The same request again: the page names the export bob already has, and starts nothing …
+    made = bobs()
+    page.click("#f-submit")
+    page.locator("#form-message", has_text=f"you already have this export: {token} (SUCCEEDED)").wait_for(
+        timeout=30_000)  # fmt: skip
+    assert bobs() == made
+    page.screenshot(path=artifact(session_dir, "exports-duplicate.png"), full_page=True)
+    # … until asked to anyway.
+    page.click("#f-force")
+    page.locator("#form-message", has_text="requested: ").wait_for(timeout=30_000)
+    again = page.locator("#form-message").inner_text().removeprefix("requested: ")
+    assert again != token and bobs() == made + 1
+    assert wait_status(clients["bob"], again, terminal)["state"] == "SUCCEEDED"
     page.context.close()
 
 
