@@ -161,6 +161,17 @@ def run_start_wait_seconds() -> float:
     return _seconds("EXPORT_TX_RUN_START_WAIT_SECONDS", RUN_START_WAIT_DEFAULT)
 
 
+#: How much an export's task gives way to the deployment's own processes (``EXPORT_TX_TASK_NICE``,
+#: 0-19): exports are background work; the api-server answering requesters and the scheduler
+#: starting the next task should not wait behind them for a CPU (where they share a machine).
+TASK_NICE_DEFAULT = 10
+
+
+def task_nice() -> int:
+    raw = (_env("EXPORT_TX_TASK_NICE") or "").strip()
+    return min(19, int(raw)) if raw.isdigit() else TASK_NICE_DEFAULT
+
+
 # -- notification and links ------------------------------------------------------------------------
 
 

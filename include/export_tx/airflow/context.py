@@ -44,12 +44,26 @@ def _ended(store: Any, tx_id: str) -> bool:
     return header is not None and header.terminal
 
 
+def give_way() -> None:
+    """Lower this task process's CPU priority to ``EXPORT_TX_TASK_NICE`` (once; niceness only
+    grows): on a machine shared with the api-server, requesters' polls are answered first."""
+    import os
+
+    from export_tx.config import task_nice
+
+    wanted = task_nice()
+    current = os.nice(0)
+    if wanted > current:
+        os.nice(wanted - current)
+
+
 @contextmanager
 def transaction_step(what: str) -> Iterator[tuple[HeaderStore, str]]:
     """The preamble of every task of an export's run: its store and transaction id (the run id),
     with failures reported by :func:`reporting` under ``what``."""
     from airflow.sdk import get_current_context
 
+    give_way()
     context = get_current_context()
     tx_id, store = context["run_id"], HeaderStore.from_settings()
     with reporting(store, tx_id, what, context):
