@@ -673,15 +673,16 @@ def list_transactions(
         offset=offset,
     )
     admin = airflow_side.is_admin(user)
-    return TransactionList(transactions=[views.transaction(h, admin=admin) for h in found], total_entries=total)
+    return TransactionList(transactions=views.statuses(store, found, admin=admin), total_entries=total)
 
 
 @app.get(f"{V1}/transactions/{{tx_id}}", dependencies=[CanRead], responses={**ERRORS, 404: {"model": ErrorBody}},
          tags=["transactions"])  # fmt: skip
 @threaded("read")
 def get_transaction(tx_id: str, user: GetUserDep, store: StoreDep) -> Transaction:
-    """The status record: state, live progress, result or error, notification, links."""
-    return views.transaction(_visible(store, tx_id, user), admin=airflow_side.is_admin(user))
+    """The status record: state, live progress, place in the queue or estimated finish, result or
+    error, notification, links."""
+    return views.status(store, _visible(store, tx_id, user), admin=airflow_side.is_admin(user))
 
 
 @app.get(f"{V1}/transactions/{{tx_id}}/logs", dependencies=[CanRead],

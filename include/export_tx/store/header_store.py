@@ -21,12 +21,44 @@ from sqlalchemy.engine import Connection
 
 from export_tx import config
 from export_tx.errors import IllegalTransition, NotFound
+from export_tx.estimates import HISTORY_RUNS, QueuePlace, queue_place
 from export_tx.states import TERMINAL, BatchState, State, check
 from export_tx.store.engine import WRITE, engine_for, store_url_from_connection, writer_lock
-from export_tx.store.rows import Batch, Event, Header, NewHeader, PlannedBatch, utcnow
-from export_tx.store.tables import LISTED, add_missing_columns, batches, events, headers, metadata, widen_columns
+from export_tx.store.rows import Batch, Event, Header, NewHeader, PlannedBatch, aware, utcnow
+from export_tx.store.tables import (
+    LISTED,
+    add_missing_columns,
+    add_missing_indexes,
+    batches,
+    events,
+    headers,
+    metadata,
+    widen_columns,
+)
 
 _SCHEMA_READY: set[str] = set()
+
+
+def _queue_places_query() -> sa.Select[Any]:
+    """:meth:`HeaderStore.queue_places`' statement, built once (an alias of the header table costs
+    more Python than the query costs the database). ``ids``: the transactions asked about."""
+    line = headers.alias("line")
+    waiting = line.c.state == State.REQUESTED.value
+    before = sa.or_(line.c.created_at < headers.c.created_at, line.c.id < headers.c.id)
+    ahead = (
+        sa.select(sa.func.count())
+        .select_from(line)
+        # The first bound makes it a range of the index; the second breaks ties by token.
+        .where(waiting, line.c.created_at <= headers.c.created_at, before)
+        .scalar_subquery()
+    )
+    total = sa.select(sa.func.count()).select_from(line).where(waiting).scalar_subquery()
+    return sa.select(headers.c.id, ahead.label("ahead"), total.label("waiting")).where(
+        headers.c.id.in_(sa.bindparam("ids", expanding=True))
+    )
+
+
+_QUEUE_PLACES = _queue_places_query()
 
 
 class HeaderStore:
@@ -57,6 +89,7 @@ class HeaderStore:
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(727270001)"))
             metadata.create_all(conn, checkfirst=True)
             add_missing_columns(conn)
+            add_missing_indexes(conn)
             widen_columns(conn)
 
     @contextmanager
@@ -202,6 +235,43 @@ class HeaderStore:
             rows = conn.execute(query.limit(limit).offset(offset)).mappings().all()
             total = int(conn.execute(count).scalar_one())
         return [Header.from_row(r) for r in rows], total
+
+    def queue_places(self, tx_ids: Sequence[str]) -> dict[str, QueuePlace]:
+        """Where each of these transactions stands in the line of those waiting to start
+        (``REQUESTED``, everyone's), in one statement: for each, the ``REQUESTED`` ones created
+        before it (the same instant: a smaller token), and how many wait in all. Both are range
+        counts on ``ix_export_header_queue``; nothing of anyone else's transaction is read but
+        its place in the line. Meant for ``REQUESTED`` transactions (see :mod:`export_tx.estimates`)."""
+        if not tx_ids:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(_QUEUE_PLACES, {"ids": list(tx_ids)}).all()
+        return {row.id: queue_place(row.ahead, row.waiting) for row in rows}
+
+    def throughput_samples(self, definition: str, limit: int = HISTORY_RUNS) -> list[tuple[int, float]]:
+        """The batch phase of ``definition``'s latest exports that succeeded (or have expired since),
+        newest first: ``(rows, seconds from the first batch's start to the last batch's end)``.
+        Exports with no rows, or from before the batch phase was recorded, are left out. One
+        range of ``ix_export_header_history``."""
+        h = headers.c
+        query = (
+            sa.select(h.result_rows, h.batches_started_at, h.last_batch_at)
+            .where(
+                h.definition == definition,
+                h.finished_at.is_not(None),
+                h.state.in_([State.SUCCEEDED.value, State.EXPIRED.value]),
+                h.result_rows > 0,
+                h.batches_started_at.is_not(None),
+                h.last_batch_at.is_not(None),
+            )
+            .order_by(h.finished_at.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [
+            (int(r.result_rows), (aware(r.last_batch_at) - aware(r.batches_started_at)).total_seconds()) for r in rows
+        ]
 
     def expired(self, now: datetime, limit: int = 500) -> list[Header]:
         """SUCCEEDED headers whose retention has ended."""
@@ -357,8 +427,16 @@ class HeaderStore:
         return Batch.from_row(row)
 
     def start_batch(self, tx_id: str, batch_no: int) -> int:
-        """Count an attempt at a batch; return the attempt number."""
+        """Count an attempt at a batch; return the attempt number. The first attempt of the
+        transaction's first batch marks the start of its batch phase (``batches_started_at``)."""
         with self._tx() as conn:
+            # The header before the batch, as record_batch locks them: never a lock cycle. Once
+            # set, the condition is false and the header row is neither written nor locked again.
+            conn.execute(
+                headers.update()
+                .where(headers.c.id == tx_id, headers.c.batches_started_at.is_(None))
+                .values(batches_started_at=utcnow())
+            )
             conn.execute(
                 batches.update()
                 .where(batches.c.tx_id == tx_id, batches.c.batch_no == batch_no)
@@ -412,11 +490,15 @@ class HeaderStore:
             written = sa.select(sa.func.coalesce(sa.func.sum(batches.c.rows), 0)).where(
                 batches.c.tx_id == tx_id, batches.c.state == BatchState.DONE
             )
+            now = utcnow()
             conn.execute(
                 headers.update()
                 .where(headers.c.id == tx_id)
                 .values(
-                    batches_done=done.scalar_subquery(), rows_written=written.scalar_subquery(), updated_at=utcnow()
+                    batches_done=done.scalar_subquery(),
+                    rows_written=written.scalar_subquery(),
+                    updated_at=now,
+                    last_batch_at=now,
                 )
             )
             first = before != BatchState.DONE

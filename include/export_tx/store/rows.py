@@ -68,6 +68,9 @@ class Header:
     webhook_state: str = WebhookState.NOT_REQUESTED.value
     webhook_delivered_at: datetime | None = None
     webhook_attempts: int = 0
+    #: The batch phase (:mod:`export_tx.estimates`): when the first batch began, when one last finished.
+    batches_started_at: datetime | None = None
+    last_batch_at: datetime | None = None
 
     @classmethod
     def from_row(cls, row: sa.RowMapping) -> Header:
