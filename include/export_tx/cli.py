@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
@@ -129,11 +130,77 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
 
 
 def batches_text(progress: dict[str, Any], state: str) -> str:
-    """``batches 3/10``; before planning the total is unknown (None) and never shown as ``0/None``."""
+    """``batches 3/10``; before planning the total is unknown (None) and never shown as ``0/None``:
+    a requested export is queued, a running one planning."""
     total = progress.get("batches_total")
     if total is not None:
         return f"batches {progress['batches_done']:,}/{total:,}"
+    if state == State.REQUESTED:
+        return "queued"
     return "planning…" if state in ACTIVE else "batches -/-"
+
+
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th … 11th, 12th, 13th … 21st, 1,001st."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n:,}{suffix}"
+
+
+def queue_text(queue: dict[str, Any]) -> str:
+    """A requested export's place in the line: ``3rd of 7 waiting``."""
+    return f"{ordinal(int(queue['position']))} of {int(queue['waiting']):,} waiting"
+
+
+def time_left_text(seconds: float) -> str:
+    """``about 40 s left``, ``about 2 min left``, ``about 1 h 5 min left``, ``about 2 d 3 h left``."""
+    if seconds < 1:
+        return "any moment now"
+    if seconds < 59.5:
+        return f"about {round(seconds)} s left"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"about {minutes} min left"
+    if minutes < 24 * 60:
+        hours, minutes = divmod(minutes, 60)
+        return f"about {hours} h {minutes} min left" if minutes else f"about {hours} h left"
+    days, hours = divmod(round(seconds / 3600), 24)
+    return f"about {days} d {hours} h left" if hours else f"about {days} d left"
+
+
+def eta_text(eta: dict[str, Any], now: datetime | None = None) -> str:
+    """A running export's estimate: ``about 2 min left (ETA 14:03 UTC)``; another day's ETA
+    gives its date, one from earlier exports says so."""
+    seconds = float(eta["seconds_left"])
+    left = time_left_text(seconds)
+    if seconds < 1:
+        return left
+    finish = datetime.fromisoformat(str(eta["estimated_finish_at"])).astimezone(UTC)
+    finish = (finish + timedelta(seconds=30)).replace(second=0, microsecond=0)  # to the nearest minute
+    today = (now or datetime.now(UTC)).astimezone(UTC).date()
+    clock = f"{finish:%H:%M} UTC" if finish.date() == today else f"{finish:%Y-%m-%d %H:%M} UTC"
+    source = ", from earlier exports" if eta.get("basis") == "history" else ""
+    return f"{left} (ETA {clock}{source})"
+
+
+def standing_text(tx: dict[str, Any], now: datetime | None = None) -> str:
+    """Where the export stands beyond its batches: ``queued: 3rd of 7 waiting`` while requested,
+    the estimate while running; empty when the status has neither."""
+    if tx.get("state") == State.REQUESTED and tx.get("queue"):
+        return f"queued: {queue_text(tx['queue'])}"
+    if tx.get("state") == State.RUNNING and tx.get("eta"):
+        return eta_text(tx["eta"], now)
+    return ""
+
+
+def progress_detail(tx: dict[str, Any], now: datetime | None = None) -> str:
+    """The text beside the progress bar: the place in the line while queued, else batches, rows
+    and (running) the time left."""
+    standing = standing_text(tx, now)
+    if tx.get("state") == State.REQUESTED and standing:
+        return standing
+    p = tx["progress"]
+    shown = f"{batches_text(p, tx['state'])}  rows {p['rows_written']:,}"
+    return f"{shown}  {standing}" if standing else shown
 
 
 def follow(
@@ -157,9 +224,7 @@ def follow(
                 time.sleep(interval)
                 continue
             tx = _check(answer)
-            p = tx["progress"]
-            bar.update(task, completed=p["percent"], state=tx["state"],
-                       detail=f"{batches_text(p, tx['state'])}  rows {p['rows_written']:,}")  # fmt: skip
+            bar.update(task, completed=tx["progress"]["percent"], state=tx["state"], detail=progress_detail(tx))
             if tx["state"] not in ACTIVE:
                 return dict(tx)
             if time.monotonic() > deadline:
@@ -174,6 +239,10 @@ def print_status(tx: dict[str, Any], out: IO[str] | None = None) -> None:
     print(f"state      {tx['state']}", file=out)
     p = tx["progress"]
     print(f"progress   {p['percent']}%  {batches_text(p, tx['state'])}  rows {p['rows_written']:,}", file=out)
+    if tx["state"] == State.REQUESTED and tx.get("queue"):
+        print(f"queue      {queue_text(tx['queue'])}", file=out)
+    if tx["state"] == State.RUNNING and tx.get("eta"):
+        print(f"eta        {eta_text(tx['eta'])}", file=out)
     if tx.get("result"):
         r = tx["result"]
         print(f"result     {r['rows']:,} rows, {human_size(r['bytes'])}, sha256 {r['sha256']}", file=out)

@@ -224,6 +224,8 @@ def resume(store: HeaderStore, tx_id: str, actor: str, resume_run: Callable[[str
         notification_sent_at=None,
         webhook_state=WebhookState.PENDING if header.webhook_url else WebhookState.NOT_REQUESTED,
         webhook_delivered_at=None,
+        # This run's throughput is measured anew (the time it stood FAILED is not batch time).
+        batches_started_at=None, last_batch_at=None,
     )  # fmt: skip
     if not changed:
         raise NotResumable("the transaction is being resumed already")

@@ -3,7 +3,8 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,28 @@ def wait_status(client: httpx.Client, tx_id: str, until: Any, timeout: float = 1
 
 def terminal(status: dict[str, Any]) -> bool:
     return status.get("state") in ("SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED")
+
+
+@contextmanager
+def held_slots(admin: httpx.Client) -> Iterator[Callable[[int], None]]:
+    """The shared stack as a full deployment: the default pool's slots set to 0 through Airflow's
+    REST API (what a platform team does to hold work back), so no task that has not started yet
+    starts, and requested exports wait in line (``REQUESTED``). Yields ``open_slots(n)`` to let
+    tasks through meanwhile; the pool's slots are put back however the test ends. Tasks already
+    running go on; other exports of the stack wait only while this lasts."""
+    url = "/api/v2/pools/default_pool"
+    answer = admin.get(url)
+    answer.raise_for_status()
+    before = int(answer.json()["slots"])
+
+    def open_slots(n: int) -> None:
+        admin.patch(url, params={"update_mask": "slots"}, json={"slots": n}).raise_for_status()
+
+    open_slots(0)
+    try:
+        yield open_slots
+    finally:
+        open_slots(before)
 
 
 def task_states(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,8 @@ import httpx
 import pytest
 
 from devtools.stack import AirflowStack
-from tests.e2e.conftest import artifact, page_as, terminal, wait_status
+from export_tx import cli
+from tests.e2e.conftest import artifact, held_slots, page_as, terminal, tx_url, wait_status
 
 pytestmark = pytest.mark.stack
 
@@ -34,6 +36,9 @@ def test_exports_page_lists_transactions_and_live_progress(
     row.locator(".pct").filter(has_text="batches").wait_for(timeout=60_000)
     progress_text = row.locator(".pct").inner_text()
     assert "/20 batches" in progress_text
+    # And when it should be done: under its state while it runs (from earlier exports, then its own batches).
+    row.locator(".standing.eta").filter(has_text=re.compile(r"^(about .+ left \(ETA .+\)|any moment now)$")).wait_for(
+        timeout=60_000)  # fmt: skip
     assert row.locator(".state").inner_text() in ("RUNNING", "MERGING")
     assert row.locator("button.cancel").count() == 1
     page.screenshot(path=artifact(session_dir, "exports-running.png"))
@@ -47,6 +52,32 @@ def test_exports_page_lists_transactions_and_live_progress(
     row.locator(".state", has_text="SUCCEEDED").wait_for(timeout=120_000)
     assert row.locator(".pct").inner_text().startswith("100%")
     assert row.locator("button.cancel").count() == 0
+    page.context.close()
+
+
+def test_a_waiting_export_shows_its_place_in_the_line(
+    browser: Any, stack: AirflowStack, clients: dict[str, httpx.Client], session_dir: Path
+) -> None:
+    analyst = clients["analyst"]
+    body = {"definition": "demo_orders", "params": {"status": "pending"}}
+    with held_slots(clients["admin"]):  # the deployment is full: both wait
+        ids = [analyst.post("/exports/v1/transactions", json=body).json()["id"] for _ in range(2)]
+        page = page_as(browser, stack, "analyst")
+        page.goto("/exports/ui")
+        for tx in ids:
+            queue = analyst.get(tx_url(tx)).json()["queue"]
+            row = page.locator(f'tr[data-id="{tx}"]')
+            row.locator(".standing.queue", has_text=f"queued: {cli.queue_text(queue)}").wait_for(timeout=30_000)
+            assert row.locator(".pct").inner_text() == "0% (queued)"
+        row.locator("button.details").click()
+        fact = page.locator(f'tr[data-details="{ids[1]}"] dd[data-fact="Place in queue"]')
+        fact.wait_for(timeout=10_000)
+        assert fact.inner_text().startswith(cli.queue_text(queue) + " to start")
+        page.screenshot(path=artifact(session_dir, "exports-queued.png"))
+        for tx in ids:  # not needed any more: cancelled while still waiting
+            assert analyst.post(tx_url(tx) + "/cancel").status_code == 202
+    row.locator(".state", has_text="CANCELLED").wait_for(timeout=30_000)
+    assert row.locator(".standing").count() == 0
     page.context.close()
 
 

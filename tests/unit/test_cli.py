@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 from unittest import mock
 
@@ -228,7 +229,7 @@ def test_retention_days_must_be_a_whole_number(capsys: pytest.CaptureFixture[str
 @pytest.mark.parametrize(
     ("state", "done", "total", "expected"),
     [
-        ("REQUESTED", 0, None, "planning…"),
+        ("REQUESTED", 0, None, "queued"),  # not started yet: nothing is being planned
         ("RUNNING", 0, None, "planning…"),
         ("FAILED", 0, None, "batches -/-"),
         ("RUNNING", 3, 10, "batches 3/10"),
@@ -243,7 +244,73 @@ def test_status_before_planning_never_shows_none() -> None:
     out = io.StringIO()
     cli.print_status(_tx("REQUESTED", 0, None), out=out)
     assert "None" not in out.getvalue()
-    assert "progress   30%  planning…  rows 3,000" in out.getvalue()
+    assert "progress   30%  queued  rows 3,000" in out.getvalue()
+
+
+# 6. Where it stands: the place in the line, the time left.
+
+
+@pytest.mark.parametrize(
+    ("n", "expected"),
+    [(1, "1st"), (2, "2nd"), (3, "3rd"), (4, "4th"), (10, "10th"), (11, "11th"), (12, "12th"), (13, "13th"),
+     (21, "21st"), (22, "22nd"), (23, "23rd"), (101, "101st"), (111, "111th"), (112, "112th"), (1_001, "1,001st")],
+)  # fmt: skip
+def test_ordinal(n: int, expected: str) -> None:
+    assert cli.ordinal(n) == expected
+
+
+@pytest.mark.parametrize(
+    ("seconds", "expected"),
+    [(0.0, "any moment now"), (0.6, "any moment now"), (1.0, "about 1 s left"), (42.4, "about 42 s left"),
+     (59.4, "about 59 s left"), (60.0, "about 1 min left"), (130.0, "about 2 min left"),
+     (3_569.0, "about 59 min left"), (3_600.0, "about 1 h left"), (3_900.0, "about 1 h 5 min left"),
+     (86_400.0, "about 1 d left"), (183_600.0, "about 2 d 3 h left")],
+)  # fmt: skip
+def test_time_left(seconds: float, expected: str) -> None:
+    assert cli.time_left_text(seconds) == expected
+
+
+NOW = datetime(2026, 5, 2, 14, 1, 0, tzinfo=UTC)
+
+
+def _eta(seconds: float, finish: str, basis: str = "this_run") -> dict[str, Any]:
+    return {"estimated_finish_at": finish, "seconds_left": seconds, "basis": basis, "rows_per_second": 250.0,
+            "rows_left": 30_000}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("eta", "expected"),
+    [
+        (_eta(125.0, "2026-05-02T14:03:05Z"), "about 2 min left (ETA 14:03 UTC)"),
+        (_eta(150.0, "2026-05-02T14:03:30.5+00:00"), "about 2 min left (ETA 14:04 UTC)"),  # to the nearest minute
+        (_eta(7_200.0, "2026-05-02T18:01:00+02:00"), "about 2 h left (ETA 16:01 UTC)"),  # any offset, shown in UTC
+        (_eta(40_000.0, "2026-05-03T01:07:40Z"), "about 11 h 7 min left (ETA 2026-05-03 01:08 UTC)"),  # tomorrow
+        (_eta(300.0, "2026-05-02T14:06:00Z", "history"), "about 5 min left (ETA 14:06 UTC, from earlier exports)"),
+        (_eta(0.0, "2026-05-02T14:01:00Z"), "any moment now"),
+    ],
+)
+def test_eta_text(eta: dict[str, Any], expected: str) -> None:
+    assert cli.eta_text(eta, now=NOW) == expected
+
+
+def test_the_progress_shows_the_place_in_the_line_and_the_time_left() -> None:
+    queued = {**_tx("REQUESTED", 0, None), "queue": {"position": 3, "ahead": 2, "waiting": 7}, "eta": None}
+    assert cli.progress_detail(queued) == "queued: 3rd of 7 waiting"
+    running = {**_tx("RUNNING", 3, 10), "queue": None, "eta": _eta(125.0, "2026-05-02T14:03:05Z")}
+    assert cli.progress_detail(running, now=NOW) == "batches 3/10  rows 3,000  about 2 min left (ETA 14:03 UTC)"
+    # Without them (an older server, or no estimate yet): what it showed before.
+    assert cli.progress_detail(_tx("REQUESTED", 0, None)) == "queued  rows 3,000"
+    assert cli.progress_detail({**_tx("RUNNING", 0, 10), "eta": None}) == "batches 0/10  rows 3,000"
+    # Only where the state says so.
+    assert cli.progress_detail({**_tx("MERGING", 10, 10), "eta": _eta(5.0, "2026-05-02T14:01:05Z")}) == (
+        "batches 10/10  rows 3,000")  # fmt: skip
+
+    out = io.StringIO()
+    cli.print_status(queued, out=out)
+    assert "queue      3rd of 7 waiting\n" in out.getvalue() and "eta " not in out.getvalue()
+    out = io.StringIO()
+    cli.print_status(running, out=out)
+    assert "\neta        about 2 min left (ETA " in out.getvalue() and "queue " not in out.getvalue()
 
 
 # 7. Sizes in SI units.

@@ -447,9 +447,9 @@ def _new_tx_id() -> str:
     return f"exp_{datetime.now(UTC):%Y%m%dT%H%M%S}_{secrets.token_hex(4)}"
 
 
-def _duplicate(header: TxHeader, user: Any) -> JSONResponse:
+def _duplicate(header: TxHeader, user: Any, store: HeaderStore) -> JSONResponse:
     """200 with the requester's transaction of the same export: nothing new was started."""
-    record = views.transaction(header, admin=airflow_side.is_admin(user))
+    record = views.status(store, header, admin=airflow_side.is_admin(user))
     record.duplicate = views.Duplicate(of=header.id, state=header.state.value)
     body = record.model_dump(mode="json")
     return JSONResponse(body, status_code=status.HTTP_200_OK, headers={"Location": body["links"]["self"]})
@@ -643,7 +643,7 @@ def _request_export(
     if not body.force:
         same = store.find_live_duplicate(who, mark, utcnow())
         if same is not None:
-            return _duplicate(same, user)
+            return _duplicate(same, user, store)
     created = False
     while not created:  # a token taken already (same second, same 32 random bits): draw again
         tx_id = _new_tx_id()
@@ -661,7 +661,7 @@ def _request_export(
             # Or the same export, requested twice at once: the other request made it.
             same = None if body.force else store.find_live_duplicate(who, mark, utcnow())
             if same is not None:
-                return _duplicate(same, user)
+                return _duplicate(same, user, store)
             if body.force or not store.release_stale_dedup_key(who, mark, utcnow()):
                 raise
     started = airflow_side.starter.submit(lambda: _start_run(store, tx_id, conf, who))
@@ -719,15 +719,16 @@ def list_transactions(
         offset=offset,
     )
     admin = airflow_side.is_admin(user)
-    return TransactionList(transactions=[views.transaction(h, admin=admin) for h in found], total_entries=total)
+    return TransactionList(transactions=views.statuses(store, found, admin=admin), total_entries=total)
 
 
 @app.get(f"{V1}/transactions/{{tx_id}}", dependencies=[CanRead], responses={**ERRORS, 404: {"model": ErrorBody}},
          tags=["transactions"])  # fmt: skip
 @threaded("read")
 def get_transaction(tx_id: str, user: GetUserDep, store: StoreDep) -> Transaction:
-    """The status record: state, live progress, result or error, notification, links."""
-    return views.transaction(_visible(store, tx_id, user), admin=airflow_side.is_admin(user))
+    """The status record: state, live progress, place in the queue or estimated finish, result or
+    error, notification, links."""
+    return views.status(store, _visible(store, tx_id, user), admin=airflow_side.is_admin(user))
 
 
 @app.get(f"{V1}/transactions/{{tx_id}}/logs", dependencies=[CanRead],
@@ -791,7 +792,7 @@ def retry(tx_id: str, user: GetUserDep, store: StoreDep) -> JSONResponse:
         resume_transaction(store, tx_id, user.get_name(), airflow_side.resume_run)
     except NotResumable as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
-    body = views.transaction(store.get(tx_id), admin=airflow_side.is_admin(user)).model_dump(mode="json")
+    body = views.status(store, store.get(tx_id), admin=airflow_side.is_admin(user)).model_dump(mode="json")
     return JSONResponse(body, status_code=202, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from export_tx import estimates
 from export_tx.config import DAG_ID
-from export_tx.store import Batch, Event, Header
+from export_tx.estimates import Estimate, QueuePlace
+from export_tx.states import State
+from export_tx.store import Batch, Event, Header, HeaderStore, utcnow
 
 PREFIX = "/exports/v1"
 
@@ -28,6 +32,33 @@ class KeyRange(BaseModel):
     rows: int
 
     model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+
+class Queue(BaseModel):
+    """Where a ``REQUESTED`` transaction stands in the line of exports waiting to start."""
+
+    position: int = Field(
+        description="1: the next to start. The order of requests among everyone's REQUESTED exports (the same "
+        "instant: by token); Airflow starts waiting runs in that order, tasks waiting for an executor slot by priority"
+    )
+    ahead: int = Field(description="REQUESTED exports requested before this one (position - 1); a count only")
+    waiting: int = Field(description="REQUESTED exports in all, this one included; a count only")
+
+
+class Eta(BaseModel):
+    """When a ``RUNNING`` transaction's batches should be done (the merge follows, usually in seconds)."""
+
+    estimated_finish_at: datetime = Field(description="when the last batch should be done (UTC)")
+    seconds_left: float = Field(
+        description="seconds from this answer to estimated_finish_at, 0 when it is due; at most a year"
+    )
+    basis: Literal["this_run", "history"] = Field(
+        description="this_run: the throughput of this run's finished batches (rows written / time from the first "
+        "batch's start to the latest batch's end), assuming the rest goes the same; history: before a batch has "
+        "finished, the rows-weighted median throughput of the definition's last 20 succeeded exports"
+    )
+    rows_per_second: float = Field(description="the throughput the estimate uses")
+    rows_left: int = Field(description="rows planned less rows written, never below 0")
 
 
 class Result(BaseModel):
@@ -110,6 +141,14 @@ class Transaction(BaseModel):
         description="only in the answer to a POST that asked for an export you already have running or "
         "downloadable (same definition, params and format): that transaction, answered instead of a new one",
     )
+    queue: Queue | None = Field(
+        None, description="REQUESTED: its place in the line of exports waiting to start; otherwise null"
+    )
+    eta: Eta | None = Field(
+        None,
+        description="RUNNING: when its batches should be done; null in any other state, before planning, and "
+        "before a first batch has finished when the definition has no succeeded export to learn from",
+    )
 
 
 class BatchRecord(BaseModel):
@@ -183,9 +222,45 @@ def links(tx_id: str) -> Links:
     )
 
 
-def transaction(header: Header, *, admin: bool = False) -> Transaction:
+def statuses(store: HeaderStore, found: Sequence[Header], *, admin: bool = False) -> list[Transaction]:
+    """Status records with where each stands now (:mod:`export_tx.estimates`): one query for the
+    places of those ``REQUESTED`` (none when none is), and for those ``RUNNING`` arithmetic on the
+    header — before a first batch has finished, with the definition's history figure, kept by
+    the process for a minute."""
+    places = store.queue_places([h.id for h in found if h.state == State.REQUESTED])
+    now = utcnow()
+    records = []
+    for header in found:
+        eta = None
+        if header.state == State.RUNNING:
+            figure = estimates.history.rate(store, header.definition) if estimates.needs_history(header) else None
+            eta = estimates.estimate_for(header, now, figure)
+        records.append(transaction(header, admin=admin, queue=places.get(header.id), eta=eta))
+    return records
+
+
+def status(store: HeaderStore, header: Header, *, admin: bool = False) -> Transaction:
+    """The status record of ``GET /transactions/{id}``: :func:`statuses` of one."""
+    return statuses(store, [header], admin=admin)[0]
+
+
+def _queue(place: QueuePlace | None) -> Queue | None:
+    return None if place is None else Queue(position=place.position, ahead=place.ahead, waiting=place.waiting)
+
+
+def _eta(found: Estimate | None) -> Eta | None:
+    if found is None:
+        return None
+    # rows_per_second unrounded: a crawling run's is tiny, never 0 (a client divides by it).
+    return Eta(estimated_finish_at=found.finish_at, seconds_left=round(found.seconds_left, 1),
+               basis=found.basis.value, rows_per_second=found.rows_per_second, rows_left=found.rows_left)  # fmt: skip
+
+
+def transaction(
+    header: Header, *, admin: bool = False, queue: QueuePlace | None = None, eta: Estimate | None = None
+) -> Transaction:
     """The status record. Requesters get download links; storage locations (server paths, bucket
-    and connection names) are shown to admins only."""
+    and connection names) are shown to admins only. ``queue`` and ``eta``: see :func:`statuses`."""
     result = None
     partial = header.state.value == "CANCELLED" and header.result_partial
     if (header.state.value == "SUCCEEDED" or partial) and header.result_uri:
@@ -238,6 +313,8 @@ def transaction(header: Header, *, admin: bool = False) -> Transaction:
         cancelled_by=header.cancelled_by,
         resumes=header.resumes,
         links=links(header.id),
+        queue=_queue(queue) if header.state == State.REQUESTED else None,
+        eta=_eta(eta) if header.state == State.RUNNING else None,
     )
 
 

@@ -21,9 +21,10 @@ from sqlalchemy.engine import Connection
 
 from export_tx import config
 from export_tx.errors import IllegalTransition, NotFound
+from export_tx.estimates import HISTORY_RUNS, QueuePlace, queue_place
 from export_tx.states import ACTIVE, TERMINAL, BatchState, State, check
 from export_tx.store.engine import WRITE, engine_for, store_url_from_connection, writer_lock
-from export_tx.store.rows import Batch, Event, Header, NewHeader, PlannedBatch, utcnow
+from export_tx.store.rows import Batch, Event, Header, NewHeader, PlannedBatch, aware, utcnow
 from export_tx.store.tables import (
     LISTED,
     add_missing_columns,
@@ -36,6 +37,28 @@ from export_tx.store.tables import (
 )
 
 _SCHEMA_READY: set[str] = set()
+
+
+def _queue_places_query() -> sa.Select[Any]:
+    """:meth:`HeaderStore.queue_places`' statement, built once (an alias of the header table costs
+    more Python than the query costs the database). ``ids``: the transactions asked about."""
+    line = headers.alias("line")
+    waiting = line.c.state == State.REQUESTED.value
+    before = sa.or_(line.c.created_at < headers.c.created_at, line.c.id < headers.c.id)
+    ahead = (
+        sa.select(sa.func.count())
+        .select_from(line)
+        # The first bound makes it a range of the index; the second breaks ties by token.
+        .where(waiting, line.c.created_at <= headers.c.created_at, before)
+        .scalar_subquery()
+    )
+    total = sa.select(sa.func.count()).select_from(line).where(waiting).scalar_subquery()
+    return sa.select(headers.c.id, ahead.label("ahead"), total.label("waiting")).where(
+        headers.c.id.in_(sa.bindparam("ids", expanding=True))
+    )
+
+
+_QUEUE_PLACES = _queue_places_query()
 
 
 class HeaderStore:
@@ -246,6 +269,43 @@ class HeaderStore:
             total = int(conn.execute(count).scalar_one())
         return [Header.from_row(r) for r in rows], total
 
+    def queue_places(self, tx_ids: Sequence[str]) -> dict[str, QueuePlace]:
+        """Where each of these transactions stands in the line of those waiting to start
+        (``REQUESTED``, everyone's), in one statement: for each, the ``REQUESTED`` ones created
+        before it (the same instant: a smaller token), and how many wait in all. Both are range
+        counts on ``ix_export_header_queue``; nothing of anyone else's transaction is read but
+        its place in the line. Meant for ``REQUESTED`` transactions (see :mod:`export_tx.estimates`)."""
+        if not tx_ids:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(_QUEUE_PLACES, {"ids": list(tx_ids)}).all()
+        return {row.id: queue_place(row.ahead, row.waiting) for row in rows}
+
+    def throughput_samples(self, definition: str, limit: int = HISTORY_RUNS) -> list[tuple[int, float]]:
+        """The batch phase of ``definition``'s latest exports that succeeded (or have expired since),
+        newest first: ``(rows, seconds from the first batch's start to the last batch's end)``.
+        Exports with no rows, or from before the batch phase was recorded, are left out. One
+        range of ``ix_export_header_history``."""
+        h = headers.c
+        query = (
+            sa.select(h.result_rows, h.batches_started_at, h.last_batch_at)
+            .where(
+                h.definition == definition,
+                h.finished_at.is_not(None),
+                h.state.in_([State.SUCCEEDED.value, State.EXPIRED.value]),
+                h.result_rows > 0,
+                h.batches_started_at.is_not(None),
+                h.last_batch_at.is_not(None),
+            )
+            .order_by(h.finished_at.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [
+            (int(r.result_rows), (aware(r.last_batch_at) - aware(r.batches_started_at)).total_seconds()) for r in rows
+        ]
+
     def expired(self, now: datetime, limit: int = 500) -> list[Header]:
         """SUCCEEDED headers whose retention has ended."""
         query = (
@@ -425,20 +485,31 @@ class HeaderStore:
             )
             self._count_batches(conn, tx_id)
 
-    def _count_batches(self, conn: Connection, tx_id: str) -> None:
+    def _count_batches(self, conn: Connection, tx_id: str, last_batch: bool = False) -> None:
+        """The header's counters from its batch rows (``last_batch``: a batch just finished, now)."""
         done = sa.select(sa.func.count()).where(batches.c.tx_id == tx_id, batches.c.state == BatchState.DONE)
         written = sa.select(sa.func.coalesce(sa.func.sum(batches.c.rows), 0)).where(
             batches.c.tx_id == tx_id, batches.c.state == BatchState.DONE
         )
+        now = utcnow()
+        stamps: dict[str, Any] = {"updated_at": now, **({"last_batch_at": now} if last_batch else {})}
         conn.execute(
             headers.update()
             .where(headers.c.id == tx_id)
-            .values(batches_done=done.scalar_subquery(), rows_written=written.scalar_subquery(), updated_at=utcnow())
+            .values(batches_done=done.scalar_subquery(), rows_written=written.scalar_subquery(), **stamps)
         )
 
     def start_batch(self, tx_id: str, batch_no: int) -> int:
-        """Count an attempt at a batch; return the attempt number."""
+        """Count an attempt at a batch; return the attempt number. The first attempt of the
+        transaction's first batch marks the start of its batch phase (``batches_started_at``)."""
         with self._tx() as conn:
+            # The header before the batch, as record_batch locks them: never a lock cycle. Once
+            # set, the condition is false and the header row is neither written nor locked again.
+            conn.execute(
+                headers.update()
+                .where(headers.c.id == tx_id, headers.c.batches_started_at.is_(None))
+                .values(batches_started_at=utcnow())
+            )
             conn.execute(
                 batches.update()
                 .where(batches.c.tx_id == tx_id, batches.c.batch_no == batch_no)
@@ -488,7 +559,7 @@ class HeaderStore:
                     done_at=utcnow(),
                 )
             )
-            self._count_batches(conn, tx_id)
+            self._count_batches(conn, tx_id, last_batch=True)
             first = before != BatchState.DONE
             verb = "done" if first else "re-run, counted once"
             self._event(

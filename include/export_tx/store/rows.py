@@ -75,6 +75,9 @@ class Header:
     result_ranges: list[dict[str, Any]] | None = None
     #: Times resumed after failing (POST …/retry).
     resumes: int = 0
+    #: The batch phase (:mod:`export_tx.estimates`): when the first batch began, when one last finished.
+    batches_started_at: datetime | None = None
+    last_batch_at: datetime | None = None
 
     @classmethod
     def from_row(cls, row: sa.RowMapping) -> Header:

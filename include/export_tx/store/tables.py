@@ -1,5 +1,5 @@
 """The header store's tables (SQLAlchemy Core, the same on SQLite and PostgreSQL) and their
-additive evolution: a column added since a table was created is added in place."""
+additive evolution: a column or an index added since a table was created is added in place."""
 
 from __future__ import annotations
 
@@ -71,11 +71,19 @@ headers = sa.Table(
     sa.Column("updated_at", _TS, nullable=False),
     sa.Column("started_at", _TS),
     sa.Column("finished_at", _TS),
+    # The batch phase, for the estimated finish (export_tx.estimates): when the first batch's
+    # first attempt began, and when a batch last finished.
+    sa.Column("batches_started_at", _TS),
+    sa.Column("last_batch_at", _TS),
     sa.Index("ix_export_header_requester", "requested_by", "created_at"),
     sa.Index("ix_export_header_state", "state"),
     sa.Index("ix_export_header_fingerprint", "requested_by", "fingerprint"),
     # NULLs never collide: a forced or ended transaction holds no dedup_key.
     sa.Index("uq_export_header_dedup", "requested_by", "dedup_key", unique=True),
+    # The line of those waiting to start: a place in it is a range count (HeaderStore.queue_places).
+    sa.Index("ix_export_header_queue", "state", "created_at", "id"),
+    # A definition's latest finished exports, for its throughput history.
+    sa.Index("ix_export_header_history", "definition", "finished_at"),
     sa.UniqueConstraint("requested_by", "idempotency_key", name="uq_export_header_idempotency"),
 )
 
@@ -134,12 +142,13 @@ def add_missing_columns(conn: Connection) -> None:
 
 
 def add_missing_indexes(conn: Connection) -> None:
-    """An index added since a table was created is created in place (``CREATE INDEX``, on SQLite
-    and PostgreSQL alike). Idempotent."""
+    """An index added to a table since it was created is created in place (after
+    :func:`add_missing_columns`, so its columns exist). Idempotent. The header table holds one
+    row per export: building an index on it takes moments, inside the schema's own transaction."""
     inspector = sa.inspect(conn)
     for table in metadata.sorted_tables:
-        present = {i["name"] for i in inspector.get_indexes(table.name)}
-        for index in table.indexes:
+        present = {ix["name"] for ix in inspector.get_indexes(table.name)}
+        for index in sorted(table.indexes, key=lambda ix: str(ix.name)):
             if index.name not in present:
                 index.create(conn)
 
