@@ -38,17 +38,25 @@ def remove_files(header: Header, *, keep_parts: bool = False) -> bool:
 
 
 def remove_unfinished_parts(store: HeaderStore, header: Header) -> bool:
-    """A FAILED transaction keeps the parts of its finished batches (a resume re-runs the others);
-    a part an unfinished batch left half-written goes. True when something was removed."""
+    """A FAILED transaction keeps the parts of its finished batches (a resume re-runs the others):
+    anything else in its parts folder — a part an unfinished batch left half-written — goes. True
+    when something was removed."""
     from export_tx.states import BatchState
 
+    folder = storage.parts_dir(header.id)
+    if not folder.exists():
+        return False
     suffix = _suffix(header)
+    kept = {storage.part_path(header.id, b.batch_no, suffix).name for b in store.plan(header.id)
+            if b.state == BatchState.DONE}  # fmt: skip
     removed = False
-    for b in store.plan(header.id):
-        part = storage.part_path(header.id, b.batch_no, suffix)
-        if b.state != BatchState.DONE and part.exists():
-            storage.remove(part)
+    for path in list(folder.iterdir()):
+        if path.name not in kept:
+            storage.remove(path)
             removed = True
+    if not kept:
+        storage.remove_tree(folder)
+        storage.remove_tree(storage.tx_root(header.id))
     return removed
 
 

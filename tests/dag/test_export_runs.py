@@ -158,15 +158,23 @@ def test_a_batch_failing_for_good_fails_the_transaction(monkeypatch: pytest.Monk
 def test_a_retried_batch_is_counted_once(monkeypatch: pytest.MonkeyPatch, demo_db: Path) -> None:
     """Batch 2 dies after recording its rows (before reporting success): the retry re-writes the
     part and records again, and the header still counts its rows once."""
-    real = pipeline.merge_if_last
+    real, real_export = pipeline.merge_if_last, pipeline.export_batch
     failed: list[int] = []
+    running: dict[str, int] = {}
+
+    def tagged(st: Any, tx_id: str, batch_no: int) -> Any:
+        running["batch"] = batch_no
+        return real_export(st, tx_id, batch_no)
 
     def flaky(st: Any, tx_id: str) -> None:
-        if st.batch(tx_id, 2).state == "DONE" and not failed:  # called by batch 2, just after recording
+        if running["batch"] == 2 and not failed:  # batch 2, just after recording its rows
             failed.append(2)
             raise ConnectionResetError("worker lost its connection")
+        if failed and st.batch(tx_id, 2).attempts < 2:
+            return  # whichever order the batches run in: the merge waits for batch 2's retry
         real(st, tx_id)
 
+    monkeypatch.setattr(pipeline, "export_batch", tagged)
     monkeypatch.setattr(pipeline, "merge_if_last", flaky)
     run = run_export({"definition": "demo_orders", "params": {"status": "pending"}, "batch_size": 1000})
     source = demo_source_rows(demo_db, "status = ?", ("pending",))

@@ -196,9 +196,12 @@ def test_cancel_keeping_the_finished_batches(
     questions: list[str] = []
     page.once("dialog", lambda dialog: (questions.append(dialog.message), dialog.accept()))
     button.click()
-    status = wait_status(analyst, running["id"], terminal)
+    # The cancel's own answer carries the partial file; a poller sees CANCELLED a moment before it.
+    status = wait_status(analyst, running["id"], lambda s: terminal(s) and (s["result"] or s["state"] != "CANCELLED"))
     assert status["state"] == "CANCELLED" and "kept as a partial file" in questions[0]
     result = status["result"]
+    log = [e["message"] for e in analyst.get(tx_url(running["id"]) + "/logs").json()["events"]]
+    assert result is not None, log
     assert result["partial"] is True and 1 <= len(result["ranges"]) < 20
     link = page.locator(f'tr[data-id="{running["id"]}"] a.download', has_text="Download partial")
     link.wait_for(timeout=30_000)

@@ -25,7 +25,7 @@ SLOW = {"definition": "demo_orders", "params": {}, "batch_size": 1000}  # 20,000
 
 
 def _request(client: httpx.Client, body: dict[str, Any]) -> str:
-    answer = client.post(f"{API}/transactions", json=body)
+    answer = client.post(f"{API}/transactions", json={**body, "force": True})  # each a new export
     assert answer.status_code == 202, answer.text
     return str(answer.json()["id"])
 
