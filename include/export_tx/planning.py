@@ -12,8 +12,8 @@ PostgreSQL) and every ``batch_size``-th key starts a batch; batch ``i`` is ``lo_
 lo_{i+1}``. With a unique key every batch but the last holds exactly ``batch_size`` rows, however
 skewed or gappy the keys. An integer key on PostgreSQL is split from a histogram of its range
 instead: its range from the key's index, then one grouping pass that also counts the rows and
-runs the column checks (no serial window pass, no separate count). The pure functions here are table-tested; :func:`plan_export` runs
-the SQL.
+runs the column checks (no serial window pass, no separate count). The pure functions here are
+table-tested; :func:`plan_export` runs the SQL.
 """
 
 from __future__ import annotations
