@@ -5,6 +5,9 @@ The run id is the transaction's **token**. The run conf (this form) names a regi
 definition and its parameters; the run then
 
 1. **begin_transaction** — validates the request and creates/starts the transaction header;
+   **hold_snapshot** — only for a point-in-time export (a definition with `consistent_snapshot`): holds
+   one snapshot of the PostgreSQL source from the triggerer until the last batch has read, so planning
+   and every batch read the source as it was at one moment (skipped for any other export);
 2. **plan_batches** — asks the source for the query's column types (fixed for the whole transaction:
    the source decides, the definition may only override without losing values), counts the rows
    and splits them into batches of ~`batch_size` rows by count;
@@ -29,7 +32,7 @@ from typing import Any
 
 from airflow.sdk import TriggerRule, dag, get_current_context, task
 
-from export_tx.airflow.operators import RequestNotification
+from export_tx.airflow.operators import HoldSnapshot, RequestNotification
 from export_tx.airflow.params import build_params
 from export_tx.config import DAG_ID, NOTIFICATION_DAG_ID, retry_delay_seconds, task_routing
 
@@ -38,15 +41,17 @@ ROUTING = task_routing()
 
 
 @task(retries=2)
-def begin_transaction() -> str:
-    from export_tx import pipeline
-    from export_tx.airflow.context import requester, transaction_step, triggered_by
+def begin_transaction() -> list[str]:
+    """Returns the source to hold a snapshot of for a point-in-time export (a connection id), else nothing."""
+    from export_tx import pipeline, snapshots
+    from export_tx.airflow.context import requester, runs_in_process, transaction_step, triggered_by
 
     with transaction_step("the request") as (store, tx_id):
         context = get_current_context()
         conf, who = dict(context["params"]), requester(context)
         header = pipeline.begin(store, tx_id, conf, who, triggered_by=triggered_by(context))
-    return header.id
+        # dag.test() has no triggerer: there the snapshot is held in this process.
+        return snapshots.to_hold(store, header, in_process=runs_in_process(context))
 
 
 @task(retries=2)
@@ -104,6 +109,9 @@ def finalize_transaction() -> None:
 )
 def export_transaction() -> None:
     begun = begin_transaction()
+    # Deferred beside the export for as long as it reads its source; never fails (a leaf that
+    # cannot change the run's state: the steps that needed the snapshot fail if it is missing).
+    HoldSnapshot.partial(task_id="hold_snapshot", retries=2).expand(conn_id=begun)
     batch_nos = plan_batches()
     parts = export_batch.expand(batch_no=batch_nos)
     merged = merge_parts()
@@ -118,7 +126,8 @@ def export_transaction() -> None:
         retries=2,
     )
     begun >> batch_nos >> parts >> merged >> request_notification
-    # The only leaf: the run's state follows the export's, never the e-mail's.
+    # The only leaf that can fail (hold_snapshot never does): the run's state follows the export's,
+    # never the e-mail's.
     [begun, batch_nos, parts, merged, request_notification] >> finalize_transaction()
 
 

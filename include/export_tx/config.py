@@ -184,6 +184,29 @@ def mail_from() -> str:
     return _env("EXPORT_TX_MAIL_FROM", "exports@localhost") or "exports@localhost"
 
 
+# -- point-in-time exports (a definition's consistent_snapshot) ----------------------------------
+
+
+def snapshot_wait_seconds() -> float:
+    """How long planning waits for the source's snapshot to be taken (``EXPORT_TX_SNAPSHOT_WAIT_SECONDS``):
+    the hold task must be scheduled, defer, and Airflow's triggerer start its trigger; the holder keeps
+    trying to connect for as long."""
+    return _seconds("EXPORT_TX_SNAPSHOT_WAIT_SECONDS", 300.0)
+
+
+def snapshot_poll_seconds() -> float:
+    """How often the snapshot's holder checks its session and the transaction
+    (``EXPORT_TX_SNAPSHOT_POLL_SECONDS``): the snapshot is released this long after the last batch."""
+    return max(0.1, _seconds("EXPORT_TX_SNAPSHOT_POLL_SECONDS", 2.0))
+
+
+def snapshot_max_hold_seconds() -> float:
+    """The longest a snapshot is held (``EXPORT_TX_SNAPSHOT_MAX_HOLD_SECONDS``): while it is, PostgreSQL's
+    VACUUM keeps every row version changed since, in every table of the database. Batches that have not
+    read by then fail, naming this limit."""
+    return _seconds("EXPORT_TX_SNAPSHOT_MAX_HOLD_SECONDS", 6 * 3600.0)
+
+
 # -- the webhook channel ---------------------------------------------------------------------------
 
 #: The Airflow connection whose password is the deployment's webhook signing secret.

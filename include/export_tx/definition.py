@@ -84,6 +84,10 @@ class ExportDefinition:
     transform: Transform | None = None
     #: Or the same as a pandas function over each batch as a DataFrame (see the module's docstring).
     pandas_transform: PandasTransform | None = None
+    #: A point-in-time export: planning and every batch read one snapshot of the source, the
+    #: source as it was when the export began, however its rows change meanwhile (PostgreSQL only;
+    #: see :mod:`export_tx.snapshots`).
+    consistent_snapshot: bool = False
     #: The file the definition came from (for messages); None for the shipped ones.
     origin: str | None = None
 
@@ -157,6 +161,10 @@ class ExportDefinition:
             found.append(FieldError("pandas_transform", "must be a function DataFrame -> DataFrame (pandas)"))
         if self.transform is not None and self.pandas_transform is not None:
             found.append(FieldError("pandas_transform", "give either transform (Arrow) or pandas_transform, not both"))
+        if not isinstance(self.consistent_snapshot, bool):
+            found.append(FieldError("consistent_snapshot", "must be true or false"))
+        elif self.consistent_snapshot and (problem := snapshot_refusal(self.source)):
+            found.append(FieldError("consistent_snapshot", problem))
         return found
 
     def longest_retention(self) -> int:
@@ -232,7 +240,19 @@ class ExportDefinition:
                 "retention_days_max": self.longest_retention(),
             },
             "column_types": {name: type_name(t) for name, t in self.overrides().items()},
+            "consistent_snapshot": self.consistent_snapshot,
         }
+
+
+def snapshot_refusal(source: Source) -> str | None:
+    """Why ``source`` cannot give a point-in-time export, as far as is known without looking anything
+    up (definitions load at DAG parse time): PostgreSQL can; an Airflow connection's type is checked
+    when the export runs; anything else cannot."""
+    from export_tx.sources import DbApiSource, PostgresSource
+
+    if isinstance(source, PostgresSource | DbApiSource):
+        return None
+    return f"a point-in-time export reads one PostgreSQL snapshot; {source.label()} is not PostgreSQL"
 
 
 def _bindable(value: Any) -> str | None:

@@ -104,6 +104,16 @@ class TransactionClosed(ExportError):
     """The transaction already ended (e.g. cancelled): the step has nothing left to do."""
 
 
+class SnapshotUnavailable(ExportError):
+    """A point-in-time export cannot read its snapshot of the source: it was never taken, or it was
+    lost or released before this step read. Never retried: another snapshot would be another moment."""
+
+
+class SnapshotMoved(ExportTxError):
+    """The snapshot's id changed while a step imported the old one (a restarted holder took it
+    over, same moment): worth another attempt, which reads the new id."""
+
+
 class BadDefinition(ExportTxError, ValueError):
     """An ``ExportDefinition`` built with mistakes; ``errors`` names each field."""
 

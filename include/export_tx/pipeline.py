@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from export_tx import formats, memory, storage
+from export_tx import formats, memory, snapshots, storage
 from export_tx.catalog import registry
 from export_tx.columns.conversions import processed
-from export_tx.config import BULK_RUN_PREFIX, DAG_ID, get_settings
+from export_tx.config import BULK_RUN_PREFIX, DAG_ID, get_settings, snapshot_wait_seconds
 from export_tx.errors import FieldError, IllegalTransition, IntegrityError, RequestInvalid, TransactionClosed
 from export_tx.planning import SchemaPlan, batch_sql, plan_export
 from export_tx.request import ExportRequest, parse_request, salvaged_fields
@@ -71,10 +71,16 @@ def plan(store: HeaderStore, tx_id: str) -> list[int]:
     definition = registry.get(header.definition)
     settings = get_settings()
     requested = header.batch_size or None  # 0: automatic
-    result = plan_export(definition, header.params, requested, settings.max_batches, settings.batch_slots)
+    # A point-in-time export waits for its snapshot; every count below reads it.
+    with snapshots.reading(store, tx_id, definition, wait_seconds=snapshot_wait_seconds()) as held:
+        result = plan_export(definition, header.params, requested, settings.max_batches, settings.batch_slots)
     # Before any row is read: a column the format cannot hold exactly is refused, named.
     formats.get(header.format).check(result.schema.output_schema())
     note = result.note
+    data: dict[str, Any] = {"columns": result.schema.describe()}
+    if held is not None and held.snapshot_at is not None:
+        note += f"; point-in-time: the source as of {snapshots.moment(held.snapshot_at)}"
+        data["snapshot_at"] = held.snapshot_at.isoformat()
     if result.schema.notes:
         note += "; columns: " + "; ".join(result.schema.notes)
     stored = store.save_plan(
@@ -83,7 +89,7 @@ def plan(store: HeaderStore, tx_id: str) -> list[int]:
         batch_size=result.batch_size,
         note=note,
         schema_plan=result.schema.as_json(),
-        data={"columns": result.schema.describe()},
+        data=data,
     )
     return [b.batch_no for b in stored]
 
@@ -138,7 +144,7 @@ def export_batch(store: HeaderStore, tx_id: str, batch_no: int) -> BatchResult:
     target = storage.part_path(tx_id, batch_no, fmt.suffix)
     target.parent.mkdir(parents=True, exist_ok=True)
     sql = batch_sql(definition, columns, b.hi is not None)
-    with stream(definition.source, sql, values, columns.binding) as reader:
+    with snapshots.reading(store, tx_id, definition), stream(definition.source, sql, values, columns.binding) as reader:
         schema, batches = processed(definition, columns, reader)
         # A fixed name: a retry overwrites the part of an earlier attempt, never adds one.
         with target.open("wb") as raw:

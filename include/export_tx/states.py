@@ -49,6 +49,22 @@ class WebhookState(StrEnum):
     FAILED = "failed"
 
 
+class SnapshotState(StrEnum):
+    """The source snapshot of a point-in-time export (``consistent_snapshot``), as the header shows
+    it (``snapshot_state``; NULL: the definition does not ask for one)."""
+
+    #: Asked for; the holder (Airflow's triggerer) has not taken it yet. Planning waits.
+    PENDING = "pending"
+    #: Taken and held open: planning and every batch read the source as it was then.
+    HELD = "held"
+    #: The export no longer reads the source (merging or ended); the holder closed it.
+    RELEASED = "released"
+    #: Its holder's session ended while batches still had to read: they fail rather than read another moment.
+    LOST = "lost"
+    #: It could not be taken (no PostgreSQL source, or the holder never managed to); planning fails.
+    UNAVAILABLE = "unavailable"
+
+
 TERMINAL: frozenset[State] = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED, State.EXPIRED})
 ACTIVE: frozenset[State] = frozenset(set(State) - TERMINAL)
 

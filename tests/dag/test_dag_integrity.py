@@ -64,6 +64,7 @@ def test_tasks_retry_and_are_verbs() -> None:
     dag = export_dag()
     assert set(dag.task_ids) == {
         "begin_transaction",
+        "hold_snapshot",
         "plan_batches",
         "export_batch",
         "merge_parts",
@@ -74,8 +75,10 @@ def test_tasks_retry_and_are_verbs() -> None:
         assert task.retries >= 2, task.task_id
     assert dag.get_task("merge_parts").trigger_rule == "none_failed"
     assert dag.get_task("finalize_transaction").trigger_rule == "all_done"
-    # The run's state follows the export's: the finalizing task is the only leaf.
-    assert [t.task_id for t in dag.leaves] == ["finalize_transaction"]
+    # The run's state follows the export's: the finalizing task is the only leaf that can fail (the
+    # snapshot's holder never fails; for an ordinary export it has no instance at all).
+    assert sorted(t.task_id for t in dag.leaves) == ["finalize_transaction", "hold_snapshot"]
+    assert dag.get_task("hold_snapshot").upstream_task_ids == {"begin_transaction"}
 
 
 def test_the_email_waits_in_a_dag_of_its_own() -> None:

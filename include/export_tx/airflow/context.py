@@ -36,6 +36,22 @@ def triggered_by(context: Any) -> str | None:
     return None if kind is None else str(getattr(kind, "value", kind))
 
 
+def runs_in_process(context: Any) -> bool:
+    """The task runs inside the caller's own process, as ``dag.test()`` runs every task (and a deferred
+    task's trigger, inline, waiting for its event): there is no triggerer, and a thread the task
+    starts outlives it. Known by the Task SDK's in-process supervisor; else by ``dag.test()``'s user."""
+    try:
+        from airflow.sdk.execution_time import task_runner
+
+        comms = getattr(task_runner, "SUPERVISOR_COMMS", None)
+    except ImportError:  # pragma: no cover - another Task SDK layout
+        comms = None
+    if comms is not None:
+        return type(comms).__name__ == "InProcessSupervisorComms"
+    dag_run = context.get("dag_run")
+    return getattr(dag_run, "triggering_user_name", None) == "dag_test"
+
+
 def _ended(store: Any, tx_id: str) -> bool:
     try:
         header = store.find(tx_id)

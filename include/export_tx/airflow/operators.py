@@ -131,3 +131,34 @@ class RequestNotification(TriggerDagRunOperator):
             return None
         self.trigger_run_id = notification_run_id(tx_id)
         return super().execute(context)
+
+
+class HoldSnapshot(BaseOperator):
+    """Holds a point-in-time export's snapshot of its PostgreSQL source (``conn_id``) from Airflow's
+    triggerer — deferred, so no worker slot waits — until the export no longer reads it
+    (:mod:`export_tx.snapshots`). Mapped over what ``begin_transaction`` hands it: one instance for a
+    definition with ``consistent_snapshot``, none for any other export (no process starts). Never
+    fails: a snapshot that cannot be taken, or is lost, fails the steps that needed it, saying so."""
+
+    def __init__(self, *, conn_id: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.conn_id = conn_id
+
+    def execute(self, context: Any) -> None:
+        from export_tx import config, snapshots
+        from export_tx.airflow.context import runs_in_process
+        from export_tx.airflow.triggers import HoldSnapshotTrigger
+
+        if runs_in_process(context):
+            # dag.test() would run the trigger inline and wait on it for ever: begin_transaction holds
+            # the snapshot in this process there.
+            self.log.info("in-process run (dag.test): the snapshot is held by this process, not the triggerer")
+            return
+        take_until, hold_until = snapshots.hold_window()
+        trigger = HoldSnapshotTrigger(context["run_id"], self.conn_id, take_until.isoformat(), hold_until.isoformat(),
+                                      config.snapshot_poll_seconds())  # fmt: skip
+        self.defer(trigger=trigger, method_name="execute_complete")
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> None:
+        event = event or {}
+        self.log.info("the snapshot's hold ended (%s): %s", event.get("outcome"), event.get("message"))

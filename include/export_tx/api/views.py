@@ -90,6 +90,18 @@ class Notification(BaseModel):
     webhook: Webhook | None = None
 
 
+class PointInTime(BaseModel):
+    as_of: datetime | None = Field(
+        description="the moment the export shows: planning and every batch read the source as it was then "
+        "(when its snapshot was taken, by PostgreSQL's clock); null until it is taken"
+    )
+    state: str = Field(
+        description="the snapshot: pending (being taken), held, released (the export reads the source no "
+        "more), lost (its holding session ended before every batch had read: the export fails rather than "
+        "mix two moments) or unavailable (it could not be taken)"
+    )
+
+
 class Links(BaseModel):
     self: str
     logs: str
@@ -131,6 +143,11 @@ class Transaction(BaseModel):
     progress: Progress
     result: Result | None
     error: str | None
+    point_in_time: PointInTime | None = Field(
+        default=None,
+        description="a point-in-time export (its definition sets consistent_snapshot): the moment it reads "
+        "the source as of; null: each batch reads the source as it is when the batch runs",
+    )
     notification: Notification
     downloaded_at: datetime | None
     cancelled_by: str | None
@@ -296,6 +313,9 @@ def transaction(
         ),
         result=result,
         error=header.error,
+        point_in_time=None
+        if header.snapshot_state is None
+        else PointInTime(as_of=header.snapshot_at, state=header.snapshot_state),
         notification=Notification(
             email=header.notify_email,
             state=header.notification_state,

@@ -18,6 +18,7 @@ A YAML definition, for analysts who write SQL, not code::
     retention_days_max: 30            # … up to this (default: retention_days)
     columns:                          # optional: only the types to change
       total: decimal(18, 2)
+    consistent_snapshot: true         # optional, PostgreSQL only: the whole export reads one moment
 
 A Python file sets ``DEFINITION = ExportDefinition(...)``, exactly like the shipped ones. A file
 that cannot be loaded raises :class:`DefinitionFileError` naming the file and the field.
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 
 YAML_FIELDS = (
     "name", "description", "connection", "sqlite", "sql", "key_column", "params", "required",
-    "max_rows", "retention_days", "retention_days_max", "columns",
+    "max_rows", "retention_days", "retention_days_max", "columns", "consistent_snapshot",
 )  # fmt: skip
 SUFFIXES = (".py", ".yaml", ".yml")
 #: Python definition files are imported under this package name (never clashing with real modules).
@@ -134,6 +135,8 @@ def definition_from_mapping(raw: Any, origin: str, default_name: str | None = No
     for field in ("max_rows", "retention_days", "retention_days_max"):
         if field in raw and (isinstance(raw[field], bool) or not isinstance(raw[field], int)):
             raise fail(field, "must be a whole number")
+    if "consistent_snapshot" in raw and not isinstance(raw["consistent_snapshot"], bool):
+        raise fail("consistent_snapshot", "must be true or false")
     values: dict[str, Any] = {
         "name": raw.get("name") or default_name,
         "description": raw.get("description") or "",
@@ -145,7 +148,7 @@ def definition_from_mapping(raw: Any, origin: str, default_name: str | None = No
         "columns": raw.get("columns") or {},
         "origin": origin,
     }
-    for field in ("max_rows", "retention_days", "retention_days_max"):
+    for field in ("max_rows", "retention_days", "retention_days_max", "consistent_snapshot"):
         if field in raw:
             values[field] = raw[field]
     try:

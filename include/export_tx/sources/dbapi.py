@@ -26,6 +26,7 @@ from export_tx.columns.typemap import (
     mysql_quote_identifier,
 )
 from export_tx.errors import DataNotExportable, Unsupported, driver_message, is_transient
+from export_tx.sources import snapshot
 from export_tx.sources.base import PLACEHOLDER, TIME_LIMIT, Described, refuse
 
 if TYPE_CHECKING:
@@ -114,6 +115,7 @@ class DbApiSource:
             with postgres.stream(sql, params, binding) as reader:
                 yield reader
             return
+        snapshot.refuse_inside(self.label())
         with self._cursor(streaming=True) as (cursor, driver):
             text, args = to_paramstyle(sql, params, _paramstyle(driver))
             cursor.execute(text, args)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from export_tx.errors import driver_message, is_transient
-from export_tx.sources import adbc
+from export_tx.sources import adbc, snapshot
 from export_tx.sources.base import PLACEHOLDER, Described, refuse, to_positional
 
 if TYPE_CHECKING:
@@ -45,6 +45,7 @@ class SqliteSource:
     ) -> Iterator[pa.RecordBatchReader]:
         import adbc_driver_sqlite
 
+        snapshot.refuse_inside(self.label())
         text, positional = to_positional(sql, self.dialect, params)
         with adbc.connection(adbc_driver_sqlite.connect(self.uri())) as conn:
             with adbc.query(conn, text, adbc.bind_batch(positional) if positional else None) as reader:

@@ -11,7 +11,7 @@ counts it once.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -576,6 +576,45 @@ class HeaderStore:
                 },
             )
             return first
+
+    # -- the snapshot of a point-in-time export ------------------------------------------
+
+    def snapshot_change(
+        self,
+        tx_id: str,
+        *,
+        expect_id: str | None,
+        expect_states: Collection[str | None],
+        message: str | None,
+        data: dict[str, Any] | None = None,
+        active_only: bool = True,
+        **values: Any,
+    ) -> bool:
+        """Set the snapshot's columns (``snapshot_state``, ``snapshot_id``, ``snapshot_at``) only if
+        they still are as the caller saw them: ``expect_id`` (None: no snapshot recorded) and one of
+        ``expect_states``; with ``active_only`` also only while the transaction neither merges nor
+        has ended. Logs ``message`` as a ``snapshot`` event, unless the transaction has ended.
+        Compare-and-set: a re-run holder beside one still running can never record a second
+        snapshot, nor undo the other's. Returns whether it changed."""
+        if set(values) - {"snapshot_state", "snapshot_id", "snapshot_at"}:
+            raise ValueError(f"not a snapshot column: {sorted(set(values))}")
+        with self._tx() as conn:
+            row = conn.execute(
+                sa.select(headers.c.state, headers.c.snapshot_state, headers.c.snapshot_id)
+                .where(headers.c.id == tx_id)
+                .with_for_update()
+            ).first()
+            if row is None:
+                raise NotFound(tx_id)
+            state = State(row.state)
+            if row.snapshot_id != expect_id or row.snapshot_state not in set(expect_states):
+                return False
+            if active_only and state not in (State.REQUESTED, State.RUNNING):
+                return False
+            conn.execute(headers.update().where(headers.c.id == tx_id).values(updated_at=utcnow(), **values))
+            if message is not None and state not in TERMINAL:
+                self._event(conn, tx_id, "snapshot", message, data)
+            return True
 
     # -- events ------------------------------------------------------------------------
 

@@ -62,6 +62,11 @@ class Header:
     label: str | None = None
     #: The file format's name (:mod:`export_tx.formats`).
     format: str = "parquet"
+    #: A point-in-time export: its snapshot's state (:class:`SnapshotState`; None: not asked for),
+    #: PostgreSQL's snapshot id while held, and the moment the export reads the source as of.
+    snapshot_state: str | None = None
+    snapshot_id: str | None = None
+    snapshot_at: datetime | None = None
     #: The webhook the request gave (None: none), its state (:class:`WebhookState`), when it was
     #: delivered and how many POSTs were made.
     webhook_url: str | None = None

@@ -65,6 +65,12 @@ headers = sa.Table(
     sa.Column("schema_plan", sa.JSON),
     sa.Column("expires_at", _TS),
     sa.Column("error", sa.Text),
+    # A point-in-time export (its definition's consistent_snapshot): the state of its snapshot of the
+    # source (export_tx.states.SnapshotState; NULL: not asked for), PostgreSQL's id of the exported
+    # snapshot while it is held, and the moment it shows (the source as it was then).
+    sa.Column("snapshot_state", sa.String(20)),
+    sa.Column("snapshot_id", sa.String(64)),
+    sa.Column("snapshot_at", _TS),
     sa.Column("downloaded_at", _TS),
     sa.Column("cancelled_by", sa.String(250)),
     sa.Column("created_at", _TS, nullable=False),

@@ -62,3 +62,16 @@ def test_fires_early_once_the_file_is_downloaded() -> None:
     event = asyncio.run(scenario())
     assert event["downloaded"] is True and event["tx_id"] == tx
     assert event["at"] == store.get(tx).downloaded_at.isoformat()  # type: ignore[union-attr]
+
+
+def test_the_snapshot_trigger_serializes_round_trip() -> None:
+    from export_tx.airflow.triggers import HoldSnapshotTrigger
+
+    trigger = HoldSnapshotTrigger("exp_1", "export_source_pg", "2026-01-01T00:05:00+00:00", "2026-01-01T06:00:00+00:00",
+                                  poll_seconds=2.0)  # fmt: skip
+    path, kwargs = trigger.serialize()
+    assert path == "export_tx.airflow.triggers.HoldSnapshotTrigger"
+    module, name = path.rsplit(".", 1)
+    assert getattr(importlib.import_module(module), name)(**kwargs).serialize() == (path, kwargs)
+    assert kwargs == {"tx_id": "exp_1", "conn_id": "export_source_pg", "take_until": "2026-01-01T00:05:00+00:00",
+                      "hold_until": "2026-01-01T06:00:00+00:00", "poll_seconds": 2.0}  # fmt: skip
