@@ -252,6 +252,9 @@ def print_status(tx: dict[str, Any], out: IO[str] | None = None) -> None:
             print(f"partial    only the batches that finished: keys in {ranges}", file=out)
     if tx.get("resumes"):
         print(f"resumed    {tx['resumes']} time(s)", file=out)
+    if tx.get("point_in_time"):
+        pit = tx["point_in_time"]
+        print(f"as of      {pit['as_of'] or 'not yet taken'} (point-in-time: snapshot {pit['state']})", file=out)
     if tx.get("error"):
         print(f"error      {tx['error']}", file=out)
     n = tx["notification"]

@@ -201,6 +201,10 @@ def resume(store: HeaderStore, tx_id: str, actor: str, resume_run: Callable[[str
     except RequestInvalid as exc:
         raise NotResumable(f"its request is not valid (any more): {exc}; request the export again") from exc
     definition = registry.get(header.definition)
+    if definition.consistent_snapshot or header.snapshot_state is not None:
+        # Its finished batches read a snapshot that ended with the run: others would read another moment.
+        raise NotResumable("it is a point-in-time export (consistent_snapshot) and the snapshot its finished "
+                           "batches read is gone; request the export again")  # fmt: skip
     reason = definition.source.unavailable()
     if reason is not None:
         raise NotResumable(f"its source cannot be read in this deployment: {reason}")

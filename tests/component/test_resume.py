@@ -137,3 +137,14 @@ def test_a_run_that_cannot_be_resumed_leaves_it_failed_saying_why(setup: dict[st
     header = store.get(tx)
     assert header.state == State.FAILED
     assert header.error == "batch 1 failed (not resumed: its Airflow run no longer exists; request the export again)"
+
+
+def test_a_point_in_time_export_is_not_resumed(setup: dict[str, Any]) -> None:
+    """Its finished batches read a snapshot that is gone: the others would read another moment."""
+    store, tx = setup["store"], setup["tx"]
+    (setup["folder"] / "resumable.yaml").write_text(DEFINITION + "consistent_snapshot: true\n")
+    registry.clear_cache()
+    store.fail(tx, "batch 2 failed")
+    with pytest.raises(NotResumable, match="point-in-time export .* request the export again"):
+        control.resume(store, tx, "ana", setup["resume_run"])
+    assert store.get(tx).state == State.FAILED and setup["cleared"] == []

@@ -502,3 +502,12 @@ def test_cancel_keep_partial_sends_it_and_says_what_was_kept(
     out = io.StringIO()
     cli.print_status({**_tx("CANCELLED"), "result": result}, out)
     assert "partial    only the batches that finished: keys in [1, 4001)\n" in out.getvalue()
+
+
+def test_the_status_says_what_moment_a_point_in_time_export_shows() -> None:
+    out = io.StringIO()
+    cli.print_status({**_tx("RUNNING"), "point_in_time": {"as_of": "2026-11-30T04:00:00Z", "state": "held"}}, out)
+    assert "as of      2026-11-30T04:00:00Z (point-in-time: snapshot held)\n" in out.getvalue()
+    plain = io.StringIO()
+    cli.print_status({**_tx("RUNNING"), "point_in_time": None}, plain)
+    assert "as of" not in plain.getvalue()
