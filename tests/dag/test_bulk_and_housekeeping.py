@@ -147,6 +147,17 @@ def _active_header(s: HeaderStore, tx: str) -> None:
     s.transition(tx, State.RUNNING, "started")
 
 
+def _finished_batch(s: HeaderStore, tx: str) -> None:
+    """A plan of two batches, the first one finished (its part written and recorded)."""
+    from export_tx.store import PlannedBatch
+
+    s.save_plan(tx, [PlannedBatch(1, 1, 100, 99), PlannedBatch(2, 100, None, 50)], batch_size=100, note="test")
+    part = storage.part_path(tx, 1)
+    part.parent.mkdir(parents=True, exist_ok=True)
+    part.write_bytes(b"a finished batch")
+    s.record_batch(tx, 1, rows=99, nbytes=16, part_uri=str(part), duration_s=0.1)
+
+
 def test_leftover_parts_of_ended_transactions_are_removed() -> None:
     """Parts of a cancelled transaction go at once; a FAILED one's finished parts stay for
     EXPORT_TX_RESUME_KEEP_DAYS (POST …/retry re-runs only the others), then go too."""
@@ -155,9 +166,9 @@ def test_leftover_parts_of_ended_transactions_are_removed() -> None:
     cancelled, failed, old, running = (f"hk-{k}-{pid}" for k in ("cancelled", "failed", "old", "running"))
     for tx in (cancelled, failed, old, running):
         _active_header(s, tx)
-        part = storage.part_path(tx, 1)
-        part.parent.mkdir(parents=True, exist_ok=True)
-        part.write_bytes(b"left behind")
+        _finished_batch(s, tx)
+        half = storage.part_path(tx, 2)
+        half.write_bytes(b"half a part of an unfinished batch")
         tmp = storage.temp_result_path(tx, "demo_orders")
         tmp.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_bytes(b"half a merge")
@@ -172,8 +183,10 @@ def test_leftover_parts_of_ended_transactions_are_removed() -> None:
     report = remove_leftover_parts(s)
     assert {cancelled, failed, old} <= set(report.transactions) and running not in report.transactions
     assert not storage.tx_root(cancelled).exists() and not storage.tx_root(old).exists()
-    # Failed within the keep days: the half-merged file is gone, the finished batch's part stays.
+    # Failed within the keep days: the half-merged file and the unfinished batch's part are gone, the
+    # finished batch's part stays.
     assert storage.part_path(failed, 1).exists() and not storage.temp_result_path(failed, "demo_orders").exists()
+    assert not storage.part_path(failed, 2).exists()
     assert "but the finished batches' parts (kept for POST …/retry)" in s.last_event(failed, "cleanup").message  # type: ignore[union-attr]
     assert storage.part_path(running, 1).exists()  # a running export keeps its parts
     assert "housekeeping removed the files left by" in s.last_event(cancelled, "cleanup").message  # type: ignore[union-attr]
@@ -219,9 +232,7 @@ def test_reconcile_closes_headers_whose_run_ended_or_vanished() -> None:
     deleted, failed, running, fresh = (f"hk-{k}-{suffix}" for k in ("deleted", "failed", "running", "fresh"))
     for tx in (deleted, failed, running, fresh):
         _active_header(s, tx)
-    part = storage.part_path(failed, 1)
-    part.parent.mkdir(parents=True, exist_ok=True)
-    part.write_bytes(b"x")
+    _finished_batch(s, failed)
     runs = {deleted: None, failed: "failed", running: "running", fresh: None}
     # Everything but "fresh" was last touched long ago.
     with s.engine.begin() as conn:

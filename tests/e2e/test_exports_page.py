@@ -59,7 +59,7 @@ def test_a_waiting_export_shows_its_place_in_the_line(
     browser: Any, stack: AirflowStack, clients: dict[str, httpx.Client], session_dir: Path
 ) -> None:
     analyst = clients["analyst"]
-    body = {"definition": "demo_orders", "params": {"status": "pending"}}
+    body = {"definition": "demo_orders", "params": {"status": "pending"}, "force": True}  # two exports
     with held_slots(clients["admin"]):  # the deployment is full: both wait
         ids = [analyst.post("/exports/v1/transactions", json=body).json()["id"] for _ in range(2)]
         page = page_as(browser, stack, "analyst")
