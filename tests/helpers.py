@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -98,3 +100,22 @@ def assert_only_finished_parts(tx_id: str) -> None:
     fmt = formats.get(header.format)
     expected = sorted(str(storage.part_path(tx_id, b.batch_no, fmt.suffix)) for b in s.plan(tx_id) if b.state == "DONE")
     assert found == expected, f"left in storage: {found}; the finished batches' parts: {expected}"
+
+
+@contextmanager
+def signed_in(store: Any, who: dict[str, Any]) -> Iterator[Any]:
+    """The ``/exports`` app with Airflow's authentication replaced by ``who["user"]`` (read at each
+    request: a test may switch users) and its header store by ``store``; undone afterwards."""
+    from airflow.api_fastapi.core_api.security import get_user
+
+    from export_tx.api import app as api
+
+    app = api.app
+    for dep in (api.CanRead, api.CanRequest, api.CanCancel):
+        app.dependency_overrides[dep.dependency] = lambda: None
+    app.dependency_overrides[get_user] = lambda: who["user"]
+    app.dependency_overrides[api.get_store] = lambda: store
+    try:
+        yield app
+    finally:
+        app.dependency_overrides.clear()

@@ -20,10 +20,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from export_tx.api import airflow_side, batching
-from export_tx.api import app as api
 from export_tx.states import State
 from export_tx.store import HeaderStore, NewHeader
-from tests.helpers import FakeUser
+from tests.helpers import FakeUser, signed_in
 
 
 def _new(tx_id: str, who: str = "ana", key: str | None = None) -> NewHeader:
@@ -170,22 +169,15 @@ def test_runs_of_a_burst_are_created_once_its_requests_are_answered() -> None:
 
 @pytest.fixture
 def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, demo_db: Path) -> Iterator[Any]:
-    from airflow.api_fastapi.core_api.security import get_user
-
     store = HeaderStore(f"sqlite:///{tmp_path / 'store.db'}")
     store.ensure_schema()
-    app = api.app
-    for dep in (api.CanRead, api.CanRequest, api.CanCancel):
-        app.dependency_overrides[dep.dependency] = lambda: None
-    app.dependency_overrides[get_user] = lambda: FakeUser("ana", "USER")
-    app.dependency_overrides[api.get_store] = lambda: store
     monkeypatch.setattr(airflow_side, "starter", airflow_side.RunStarter())
-    try:
-        with TestClient(app, base_url="http://airflow.test") as c:
-            c.store = store  # type: ignore[attr-defined]
-            yield c
-    finally:
-        app.dependency_overrides.clear()
+    with (
+        signed_in(store, {"user": FakeUser("ana", "USER")}) as app,
+        TestClient(app, base_url="http://airflow.test") as c,
+    ):
+        c.store = store  # type: ignore[attr-defined]
+        yield c
 
 
 def test_a_run_that_cannot_be_created_after_a_burst_fails_its_transaction(

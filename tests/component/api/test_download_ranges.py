@@ -25,11 +25,10 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.routing import Mount
 
 from export_tx import cli
-from export_tx.api import app as api
 from export_tx.errors import CliError
 from export_tx.states import State
 from export_tx.store import HeaderStore
-from tests.helpers import FakeUser
+from tests.helpers import FakeUser, signed_in
 
 SIZE = 200_003  # three of FileResponse's 64 KiB chunks and a few bytes
 TX = "exp_20260101T000000_0123abcd"
@@ -43,8 +42,6 @@ def data() -> bytes:
 
 @pytest.fixture
 def client(tmp_path: Path, data: bytes) -> Iterator[Any]:
-    from airflow.api_fastapi.core_api.security import get_user
-
     store = HeaderStore(f"sqlite:///{tmp_path / 'store.db'}")
     store.ensure_schema()
     result = tmp_path / "exports" / "result.parquet"
@@ -55,20 +52,13 @@ def client(tmp_path: Path, data: bytes) -> Iterator[Any]:
     store.transition(TX, State.MERGING, "x")
     store.transition(TX, State.SUCCEEDED, "x", result_uri=f"file://{result}", result_rows=1,
                      result_bytes=len(data), result_sha256=hashlib.sha256(data).hexdigest())  # fmt: skip
-    app = api.app
-    for dep in (api.CanRead, api.CanRequest, api.CanCancel):
-        app.dependency_overrides[dep.dependency] = lambda: None
-    app.dependency_overrides[get_user] = lambda: FakeUser("ana", "USER")
-    app.dependency_overrides[api.get_store] = lambda: store
-    # As Airflow's api-server serves a plugin's app: mounted, behind its GZipMiddleware.
-    server = Starlette(routes=[Mount("/exports", app=app)],
-                       middleware=[Middleware(GZipMiddleware, minimum_size=1024, compresslevel=5)])  # fmt: skip
-    try:
+    with signed_in(store, {"user": FakeUser("ana", "USER")}) as app:
+        # As Airflow's api-server serves a plugin's app: mounted, behind its GZipMiddleware.
+        server = Starlette(routes=[Mount("/exports", app=app)],
+                           middleware=[Middleware(GZipMiddleware, minimum_size=1024, compresslevel=5)])  # fmt: skip
         with TestClient(server, base_url="http://airflow.test") as c:
             c.store, c.result = store, result  # type: ignore[attr-defined]
             yield c
-    finally:
-        app.dependency_overrides.clear()
 
 
 def _validators(data: bytes) -> dict[str, str]:

@@ -21,31 +21,21 @@ from export_tx.api import app as api
 from export_tx.request import fingerprint
 from export_tx.states import State
 from export_tx.store import HeaderStore, utcnow
-from tests.helpers import FakeUser
+from tests.helpers import FakeUser, signed_in
 
 BODY = {"definition": "demo_orders", "params": {"status": "paid"}}
 
 
 @pytest.fixture
 def client(store: HeaderStore, monkeypatch: pytest.MonkeyPatch, demo_db: Any) -> Iterator[Any]:
-    from airflow.api_fastapi.core_api.security import get_user
-
     # A requester of this test's own: the PostgreSQL store is shared by the session's tests.
     who = {"user": FakeUser(f"ana-{uuid.uuid4().hex[:8]}", "USER")}
     triggered: list[str] = []
     monkeypatch.setattr(airflow_side, "trigger_run", lambda tx_id, conf, user: triggered.append(tx_id))
     monkeypatch.setattr(airflow_side, "starter", airflow_side.RunStarter())
-    app = api.app
-    for dep in (api.CanRead, api.CanRequest, api.CanCancel):
-        app.dependency_overrides[dep.dependency] = lambda: None
-    app.dependency_overrides[get_user] = lambda: who["user"]
-    app.dependency_overrides[api.get_store] = lambda: store
-    try:
-        with TestClient(app, base_url="http://airflow.test") as c:
-            c.store, c.who, c.triggered = store, who, triggered  # type: ignore[attr-defined]
-            yield c
-    finally:
-        app.dependency_overrides.clear()
+    with signed_in(store, who) as app, TestClient(app, base_url="http://airflow.test") as c:
+        c.store, c.who, c.triggered = store, who, triggered  # type: ignore[attr-defined]
+        yield c
 
 
 def _post(client: Any, body: dict[str, Any], **headers: str) -> Any:

@@ -19,29 +19,19 @@ from fastapi.testclient import TestClient
 from export_tx.api import airflow_side
 from export_tx.api import app as api
 from export_tx.store import HeaderStore
-from tests.helpers import FakeUser
+from tests.helpers import FakeUser, signed_in
 
 
 @pytest.fixture
 def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, demo_db: Path) -> Iterator[Any]:
-    from airflow.api_fastapi.core_api.security import get_user
-
     store = HeaderStore(f"sqlite:///{tmp_path / 'store.db'}")
     store.ensure_schema()
     who = {"user": FakeUser("ana", "USER")}
     triggered: list[str] = []
     monkeypatch.setattr(airflow_side, "trigger_run", lambda tx_id, conf, user: triggered.append(tx_id))
-    app = api.app
-    for dep in (api.CanRead, api.CanRequest, api.CanCancel):
-        app.dependency_overrides[dep.dependency] = lambda: None
-    app.dependency_overrides[get_user] = lambda: who["user"]
-    app.dependency_overrides[api.get_store] = lambda: store
-    try:
-        with TestClient(app, base_url="http://airflow.test") as c:
-            c.store, c.who, c.triggered = store, who, triggered  # type: ignore[attr-defined]
-            yield c
-    finally:
-        app.dependency_overrides.clear()
+    with signed_in(store, who) as app, TestClient(app, base_url="http://airflow.test") as c:
+        c.store, c.who, c.triggered = store, who, triggered  # type: ignore[attr-defined]
+        yield c
 
 
 def _post(client: Any, body: Any, **headers: str) -> Any:

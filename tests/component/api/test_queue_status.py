@@ -18,32 +18,21 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from export_tx import estimates
-from export_tx.api import app as api
 from export_tx.estimates import HistoryRates
 from export_tx.states import State
 from export_tx.store import HeaderStore, PlannedBatch
-from tests.helpers import FakeUser
+from tests.helpers import FakeUser, signed_in
 
 
 @pytest.fixture
 def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    from airflow.api_fastapi.core_api.security import get_user
-
     store = HeaderStore(f"sqlite:///{tmp_path / 'store.db'}")
     store.ensure_schema()
     monkeypatch.setattr(estimates, "history", HistoryRates())  # this store's figures only
     who = {"user": FakeUser("ana", "USER")}
-    app = api.app
-    for dep in (api.CanRead, api.CanRequest, api.CanCancel):
-        app.dependency_overrides[dep.dependency] = lambda: None
-    app.dependency_overrides[get_user] = lambda: who["user"]
-    app.dependency_overrides[api.get_store] = lambda: store
-    try:
-        with TestClient(app, base_url="http://airflow.test") as c:
-            c.store, c.who = store, who  # type: ignore[attr-defined]
-            yield c
-    finally:
-        app.dependency_overrides.clear()
+    with signed_in(store, who) as app, TestClient(app, base_url="http://airflow.test") as c:
+        c.store, c.who = store, who  # type: ignore[attr-defined]
+        yield c
 
 
 def _request(store: HeaderStore, tx: str, who: str, at: datetime) -> str:
