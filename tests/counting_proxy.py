@@ -11,6 +11,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tests.deploy import read_request_head, with_connection_close
+
 
 @dataclass
 class Exchange:
@@ -68,10 +70,10 @@ class CountingProxy:
     def _serve(self, client: socket.socket) -> None:
         exchange = None
         try:
-            head, rest = self._read_head(client)
-            if head is None:
+            data = read_request_head(client)
+            if data is None:
                 return
-            lines = head.split(b"\r\n")
+            lines = data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
             method, path = (lines[0].split(b" ") + [b"", b""])[:2]
             headers = {}
             for line in lines[1:]:
@@ -83,24 +85,11 @@ class CountingProxy:
                 cut = next(((m, n) for m, n in self._cuts if m(exchange)), None)
                 if cut is not None:
                     self._cuts.remove(cut)
-            kept = [line for line in lines if not line.lower().startswith(b"connection:")]
-            self._forward(client, b"\r\n".join([*kept, b"Connection: close"]) + b"\r\n\r\n" + rest, exchange,
-                          None if cut is None else cut[1])  # fmt: skip
+            self._forward(client, with_connection_close(data), exchange, None if cut is None else cut[1])
         finally:
             client.close()
             if exchange is not None:
                 exchange.done.set()
-
-    @staticmethod
-    def _read_head(client: socket.socket) -> tuple[bytes | None, bytes]:
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = client.recv(65536)
-            if not chunk or len(data) > 1 << 20:
-                return None, b""
-            data += chunk
-        head, rest = data.split(b"\r\n\r\n", 1)
-        return head, rest
 
     def _forward(self, client: socket.socket, first: bytes, exchange: Exchange, cut_after: int | None) -> None:
         upstream = socket.create_connection(self.upstream, 10)

@@ -275,6 +275,27 @@ class Held:
 Match = Callable[[str, str], bool]
 
 
+def read_request_head(client: socket.socket) -> bytes | None:
+    """What a proxy reads of a request before forwarding it: at least its head (and whatever of the
+    body came with it); None when the client went away or sent over 1 MiB of head."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = client.recv(65536)
+        if not chunk:
+            return None
+        data += chunk
+        if len(data) > 1 << 20:
+            return None
+    return data
+
+
+def with_connection_close(data: bytes) -> bytes:
+    """The request with ``Connection: close``: one request per connection, so a proxy sees each."""
+    head, rest = data.split(b"\r\n\r\n", 1)
+    lines = [line for line in head.split(b"\r\n") if not line.lower().startswith(b"connection:")]
+    return b"\r\n".join([*lines, b"Connection: close"]) + b"\r\n\r\n" + rest
+
+
 class S3Proxy:
     """A TCP proxy between the product and the S3 server that sees each request's method and
     path (it asks for ``Connection: close``, so every request has a connection of its own) and,
@@ -338,7 +359,7 @@ class S3Proxy:
 
     def _serve(self, client: socket.socket) -> None:
         try:
-            head = self._read_head(client)
+            head = read_request_head(client)
             if head is None:
                 return
             method, path = head.split(b" ", 2)[:2] if head.count(b" ") >= 2 else (b"", b"")
@@ -369,27 +390,9 @@ class S3Proxy:
             if self.down():
                 self.cut.append((m, p))
                 return
-            self._forward(client, self._close_after(head))
+            self._forward(client, with_connection_close(head))
         finally:
             client.close()
-
-    @staticmethod
-    def _read_head(client: socket.socket) -> bytes | None:
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = client.recv(65536)
-            if not chunk:
-                return None
-            data += chunk
-            if len(data) > 1 << 20:
-                return None
-        return data
-
-    @staticmethod
-    def _close_after(data: bytes) -> bytes:
-        head, rest = data.split(b"\r\n\r\n", 1)
-        lines = [line for line in head.split(b"\r\n") if not line.lower().startswith(b"connection:")]
-        return b"\r\n".join([*lines, b"Connection: close"]) + b"\r\n\r\n" + rest
 
     def _forward(self, client: socket.socket, first: bytes) -> None:
         upstream = socket.create_connection(self.upstream, 10)
