@@ -75,6 +75,40 @@ def test_cancel(stack: AirflowStack) -> None:
     assert store().get(tx_id).cancelled_by == "analyst"
 
 
+def test_keep_partial_batches_and_the_same_request_again(stack: AirflowStack, tmp_path: Path) -> None:
+    """In a terminal: a cancel that keeps the finished batches, the batches it lists, the partial
+    file downloaded and checked; then the same request twice — the second names the first."""
+    import time
+
+    started = _cli(stack, "request", "demo_orders", "--batch-size", "1000", "--label", "cli partial", "--force")
+    tx_id = started.stdout.strip()
+    deadline = time.monotonic() + 120
+    while store().get(tx_id).batches_done < 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    cancelled = _cli(stack, "cancel", tx_id, "--yes", "--keep-partial")
+    assert cancelled.returncode == 0, cancelled.stderr
+    header = store().get(tx_id)
+    assert cancelled.stdout.strip() == f"{tx_id} CANCELLED (partial file: {header.result_rows:,} rows)"
+    listed = _cli(stack, "batches", tx_id)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    done = [b for b in store().plan(tx_id) if b.state == "DONE"]
+    assert len(lines) == 20 and sum("DONE" in line for line in lines) == len(done) >= 1
+    assert sum(b.rows or 0 for b in done) == header.result_rows
+    shown = _cli(stack, "status", tx_id)
+    assert "partial    only the batches that finished: keys in [" in shown.stdout
+    target = tmp_path / "partial.parquet"
+    fetched = _cli(stack, "download", tx_id, "-o", str(target))
+    assert fetched.returncode == 0, fetched.stderr
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == header.result_sha256
+    assert len(read_result(f"file://{target}")) == header.result_rows
+
+    first = _cli(stack, "request", "demo_orders", "--param", "status=returned", "--label", "cli twice", "--force")
+    again = _cli(stack, "request", "demo_orders", "--param", "status=returned")
+    assert again.returncode == 0 and again.stdout.strip() == first.stdout.strip()
+    assert "you already have this export" in again.stderr and "--force starts another" in again.stderr
+
+
 def test_wait_follows_a_run_triggered_through_airflows_api(stack: AirflowStack) -> None:
     """The platform team triggers through the stable REST API; the CLI follows before the header exists."""
     with stack.client("admin") as client:
