@@ -91,12 +91,13 @@ class Poll:
 def poll_each(
     make_client: Callable[[], httpx.Client], url: Callable[[str], str], tx_ids: Sequence[str], *,
     terminal: Callable[[str], bool], period: float = 1.0, at_least: float = 20.0, timeout: float = 3600.0,
+    stop: threading.Event | None = None,
 ) -> list[Poll]:  # fmt: skip
     """One thread (and client) per transaction, each polling its own ``url(tx_id)`` every
     ``period`` s, its first poll at a random moment of the first period, until the transaction is
     ``terminal`` (by the answer's ``state``) and at least ``at_least`` s have passed (or
-    ``timeout``). A poll that comes late (the previous answer took long) is sent at once, the
-    next keeps the schedule. Every poll, in the order they were sent."""
+    ``timeout``, or ``stop`` is set). A poll that comes late (the previous answer took long) is
+    sent at once, the next keeps the schedule. Every poll, in the order they were sent."""
     started = time.perf_counter()
     polls: list[Poll] = []
     lock = threading.Lock()
@@ -117,7 +118,7 @@ def poll_each(
                     polls.append(Poll(tx_id, round(sent - started, 3), took, answer.status_code, state, body.get("id")))
                 elapsed = time.perf_counter() - started
                 done = answer.status_code == 200 and terminal(str(state))
-                if (done and elapsed >= at_least) or elapsed >= timeout:
+                if (done and elapsed >= at_least) or elapsed >= timeout or (stop is not None and stop.is_set()):
                     return
                 # Late (a slow answer)? The next poll goes at once, never a burst of catch-up polls.
                 due = max(due + period, time.perf_counter() - started)
@@ -125,6 +126,19 @@ def poll_each(
     with ThreadPoolExecutor(len(tx_ids)) as pool:
         list(pool.map(follow, tx_ids))
     return sorted(polls, key=lambda poll: poll.at)
+
+
+def one_after_another(client: httpx.Client, path: str, times: int) -> list[float]:
+    """``times`` GETs of ``path``, each sent when the previous one is answered: the latency of one
+    client alone (seconds each; every answer must be 200)."""
+    seconds = []
+    for _ in range(times):
+        began = time.perf_counter()
+        answer = client.get(path)
+        seconds.append(time.perf_counter() - began)
+        if answer.status_code != 200:
+            raise RuntimeError(f"GET {path} answered {answer.status_code}")
+    return seconds
 
 
 def seconds_summary(seconds: Sequence[float]) -> dict[str, Any]:

@@ -13,15 +13,17 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from bench.api_load import Poll, latency_summary, poll_each, run_concurrently, seconds_summary
+from bench.api_load import Poll, latency_summary, one_after_another, poll_each, run_concurrently, seconds_summary
 from bench.baselines import DEFINITION, SOURCE_TABLE
 from bench.common import MB, RESULTS_DIR, BenchError, Result, note, step
 from bench.probe import (
@@ -39,6 +41,12 @@ SMALL_EXPORT_ROWS = 10_000
 SMALL_EXPORT_RUNS = 3
 POLL_PERIOD_S = 1.0
 POLL_AT_LEAST_S = 20.0
+#: Airflow's own route polled beside the status pollers (authenticated, no database): the
+#: api-server's floor under the same load.
+REFERENCE_PATH = "/api/v2/version"
+REFERENCE_POLLERS = 5
+#: Requests of one client alone after the load, for the quiet machine's latency.
+QUIET_REQUESTS = 200
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED"})
 LOAD_MODEL = (
     "POST: {n} exports (one day of orders each) requested at once from {n} threads, one client each. "
@@ -367,10 +375,29 @@ def run_api_load(stack: Any, store: Any, source: Source, exports: int) -> dict[s
     if refused:
         raise BenchError(f"{len(refused)} of {exports} concurrent requests were refused: {refused[0]}")
     ids = [str(t.answer.json()["id"]) for t in posted]
-    polls = poll_each(client, lambda tx_id: f"/exports/v1/transactions/{tx_id}", ids,
-                      terminal=lambda state: state in TERMINAL_STATES, period=POLL_PERIOD_S,
-                      at_least=POLL_AT_LEAST_S, timeout=PRODUCT_TIMEOUT_S)  # fmt: skip
+    # Beside the pollers, a few clients poll one of Airflow's own routes through the same
+    # api-server: what any request costs there under this load, the product's part aside.
+    stop = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        reference = pool.submit(
+            poll_each, client, lambda _: REFERENCE_PATH, [f"reference-{i}" for i in range(REFERENCE_POLLERS)],
+            terminal=lambda _: True, period=POLL_PERIOD_S, at_least=PRODUCT_TIMEOUT_S, timeout=PRODUCT_TIMEOUT_S,
+            stop=stop,
+        )  # fmt: skip
+        try:
+            polls = poll_each(client, lambda tx_id: f"/exports/v1/transactions/{tx_id}", ids,
+                              terminal=lambda state: state in TERMINAL_STATES, period=POLL_PERIOD_S,
+                              at_least=POLL_AT_LEAST_S, timeout=PRODUCT_TIMEOUT_S)  # fmt: skip
+        finally:
+            stop.set()
+        beside = reference.result()
     check_polls(polls)
+    if any(p.status_code != 200 for p in beside):
+        raise BenchError(f"GET {REFERENCE_PATH} failed during the API load")
+    # Then, the exports done and the machine quiet again: one client alone, one request at a time.
+    with client() as alone:
+        paths = {"status": f"/exports/v1/transactions/{ids[0]}", "reference": REFERENCE_PATH}
+        quiet = {name: seconds_summary(one_after_another(alone, path, QUIET_REQUESTS)) for name, path in paths.items()}
     for tx_id, count in zip(ids, expected, strict=True):
         check_header(store.get(tx_id), count, "a small export of the API load")
     running = [p for p in polls if p.state not in TERMINAL_STATES]
@@ -382,6 +409,9 @@ def run_api_load(stack: Any, store: Any, source: Source, exports: int) -> dict[s
         "status": {**seconds_summary([p.seconds for p in polls]), "pollers": exports, "period_s": POLL_PERIOD_S,
                    "duration_s": max(p.at for p in polls), "polls_while_running": len(running),
                    "while_running": seconds_summary([p.seconds for p in running]) if running else None},
+        "reference": {"path": REFERENCE_PATH, "pollers": REFERENCE_POLLERS,
+                      "beside_status": seconds_summary([p.seconds for p in beside]),
+                      "alone_after": quiet, "alone_requests": QUIET_REQUESTS},
     }  # fmt: skip
 
 

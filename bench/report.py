@@ -158,6 +158,16 @@ def product_lines(run: SizeRun) -> list[str]:
         lines.append(f"GET /exports/v1/transactions/{{id}}: n={status['n']} over {status['duration_s']:.0f} s "
                      f"({status['polls_while_running']} while the exports ran): p50 {status['p50_ms']:.1f} ms, "
                      f"p99 {status['p99_ms']:.1f} ms, max {status['max_ms']:.1f} ms")  # fmt: skip
+        ref = load.get("reference")
+        if ref:
+            beside, alone = ref["beside_status"], ref["alone_after"]
+            lines.append(f"Airflow's own GET {ref['path']} through the same api-server, {ref['pollers']} pollers "
+                         f"beside them: p50 {beside['p50_ms']:.1f} ms, p99 {beside['p99_ms']:.1f} ms, "
+                         f"max {beside['max_ms']:.1f} ms")  # fmt: skip
+            lines.append(f"one client alone afterwards ({ref['alone_requests']} requests, one at a time): status "
+                         f"p50 {alone['status']['p50_ms']:.1f} ms, p99 {alone['status']['p99_ms']:.1f} ms; "
+                         f"{ref['path']} p50 {alone['reference']['p50_ms']:.1f} ms, "
+                         f"p99 {alone['reference']['p99_ms']:.1f} ms")  # fmt: skip
     return lines
 
 
@@ -262,6 +272,12 @@ def api_target(runs: list[SizeRun], which: str, limit_ms: float) -> Target:
     if not found:
         return Target(name, "no API load run", "NOT MEASURED")
     text = "; ".join(f"{p99:.1f} ms on the {rows:,}-row stack" for rows, p99 in found)
+    floors = [r.product["api_load"].get("reference") for r in runs if r.product.get("api_load")]
+    if which == "status" and floors and floors[0]:
+        ref = floors[0]
+        beside, alone = ref["beside_status"]["p99_ms"], ref["alone_after"]["status"]["p99_ms"]
+        text += (f" (Airflow's own GET {ref['path']} under the same load: p99 {beside:.1f} ms; "
+                 f"one client alone on a quiet stack: status p99 {alone:.1f} ms)")  # fmt: skip
     return Target(name, text, verdict(all(p99 <= limit_ms for _, p99 in found)))
 
 

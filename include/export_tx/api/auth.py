@@ -17,6 +17,7 @@ instead: :func:`may_use_exports` asks the auth manager for that resource.
 from __future__ import annotations
 
 import logging
+from functools import cache
 from typing import Any
 
 from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager
@@ -32,10 +33,18 @@ PLATFORM_ROLES = {"OP", "ADMIN"}
 log = logging.getLogger(__name__)
 
 
-def _role(user: Any) -> str | None:
+@cache
+def _all_admins() -> bool:
+    """SimpleAuthManager's "everyone is an admin" mode. Read once per process: Airflow's settings
+    do not change under a running api-server, and asking its configuration costs more than the
+    rest of the authorisation (it was called twice per request)."""
     from airflow.configuration import conf
 
-    if conf.getboolean("core", "simple_auth_manager_all_admins", fallback=False):
+    return conf.getboolean("core", "simple_auth_manager_all_admins", fallback=False)
+
+
+def _role(user: Any) -> str | None:
+    if _all_admins():
         return "ADMIN"  # every signed-in person is an admin in that mode
     role = getattr(user, "role", None)
     return None if role is None else str(getattr(role, "value", role)).upper()
