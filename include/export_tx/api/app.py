@@ -103,7 +103,7 @@ class Guard:
         if scope["type"] != "http":
             await self.inner(scope, receive, send)
             return
-        freeze_startup_heap()
+        freeze_long_lived_heap()
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         try:
             _check_origin(scope, headers)
@@ -130,19 +130,26 @@ class Guard:
             await _answer(send, refused)
 
 
-_heap_frozen = False
+#: Full collections whose survivors are frozen: those of the api-server's start and warm-up (its
+#: first runs created, the execution API's first calls). Bounded, so nothing made later is kept
+#: out of the collector's reach for good.
+HEAP_FREEZES = 4
+_heap = {"freezes": 0, "full_collections": -1}
 
 
-def freeze_startup_heap() -> None:
-    """Once per api-server process, at its first ``/exports`` request: move every object alive by
-    then (Airflow's modules and apps, ~1M objects) out of the garbage collector's reach
-    (``gc.freeze``, as Airflow's scheduler does before it forks). A full collection walks every
-    tracked object while it holds the interpreter lock: with those objects it stopped the whole
-    api-server for 0.2-0.55 s at a time here, every request waiting. Objects made later are
-    collected as before; what was alive at the first request lives as long as the process."""
-    global _heap_frozen
-    if not _heap_frozen:
-        _heap_frozen = True
+def freeze_long_lived_heap() -> None:
+    """At an api-server process's first ``/exports`` request, and after each of its next full
+    collections up to :data:`HEAP_FREEZES` in all: move every object alive by then out of the
+    garbage collector's reach (``gc.freeze``, as Airflow's scheduler does before it forks). A full
+    collection walks every tracked object while it holds the interpreter lock: over Airflow's
+    ~1M long-lived objects it stopped the whole api-server for 0.2-0.8 s at a time here, every
+    request waiting. After the warm-up, full collections walk only what was made since."""
+    if _heap["freezes"] >= HEAP_FREEZES:
+        return
+    full = gc.get_stats()[2]["collections"]
+    if full != _heap["full_collections"]:
+        _heap["full_collections"] = full
+        _heap["freezes"] += 1
         gc.freeze()
 
 
