@@ -162,8 +162,9 @@ def run_start_wait_seconds() -> float:
 
 
 #: How much an export's task gives way to the deployment's own processes (``EXPORT_TX_TASK_NICE``,
-#: 0-19): exports are background work; the api-server answering requesters and the scheduler
-#: starting the next task should not wait behind them for a CPU (where they share a machine).
+#: 0-19): exports are background work. A niceness ranks processes of one session only where Linux
+#: groups them by session (autogroup, most distributions): there the tasks give way to their
+#: scheduler or worker, not to the api-server; CPU weights per service do that (README).
 TASK_NICE_DEFAULT = 10
 
 

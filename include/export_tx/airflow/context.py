@@ -62,7 +62,8 @@ def _ended(store: Any, tx_id: str) -> bool:
 
 def give_way() -> None:
     """Lower this task process's CPU priority to ``EXPORT_TX_TASK_NICE`` (once; niceness only
-    grows): on a machine shared with the api-server, requesters' polls are answered first."""
+    grows): its scheduler or worker (same session) goes first. Under autogroup scheduling that is
+    all a niceness ranks; the api-server is favoured by CPU weights per service (README)."""
     import os
 
     from export_tx.config import task_nice

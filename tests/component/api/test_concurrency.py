@@ -244,7 +244,7 @@ def test_requests_take_the_long_lived_heap_out_of_the_garbage_collectors_reach(
     client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A full collection over the api-server's ~1M long-lived objects stopped every request for up
-    to 0.8 s: the first request freezes what is alive, and so does the first request after each
+    to 0.55 s: the first request freezes what is alive, and so does the first request after each
     of the next full collections, HEAP_FREEZES times in all; then collections go on as before."""
     import gc
 
