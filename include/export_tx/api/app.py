@@ -16,6 +16,7 @@ import html
 import json
 import logging
 import secrets
+import threading
 import weakref
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, time, timedelta
@@ -95,7 +96,8 @@ class Guard:
     """ASGI middleware in front of every route: bounded request bodies (413) and, for mutations
     authenticated by the UI's session cookie alone, a same-origin check (403) — a page on another
     site cannot make a signed-in browser cancel an export. It also freezes the api-server's
-    long-lived heap (:func:`freeze_long_lived_heap`): a mounted app has no startup hook of its own."""
+    long-lived heap (:func:`freeze_long_lived_heap`) and starts its run maker
+    (:class:`airflow_side.RunMaker`): a mounted app has no startup hook of its own."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
@@ -104,6 +106,9 @@ class Guard:
         if scope["type"] != "http":
             await self.inner(scope, receive, send)
             return
+        if not _run_maker_started.is_set():  # this process's first request: it starts its imports
+            _run_maker_started.set()
+            airflow_side.maker.start()
         freeze_long_lived_heap()
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         try:
@@ -136,6 +141,7 @@ class Guard:
 #: out of the collector's reach for good.
 HEAP_FREEZES = 4
 _heap = {"freezes": 0, "full_collections": -1}
+_run_maker_started = threading.Event()
 
 
 def freeze_long_lived_heap() -> None:
@@ -709,7 +715,7 @@ def _start_run(store: HeaderStore, tx_id: str, conf: dict[str, Any], who: str) -
         airflow_side.trigger_run(tx_id, conf, who)
     except Exception as exc:
         log.warning("the Airflow run of %s could not be created: %s", tx_id, exc)
-        store.fail(tx_id, f"the Airflow run could not be started ({type(exc).__name__}); try again later")
+        store.fail(tx_id, f"the Airflow run could not be started ({airflow_side.error_kind(exc)}); try again later")
         store.update(tx_id, idempotency_key=None)
         raise
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pickle
+import signal
 import threading
 import time
 import uuid
@@ -165,6 +168,36 @@ def test_runs_of_a_burst_are_created_once_its_requests_are_answered() -> None:
     finally:
         starter.leave()
         starter.leave()
+
+
+def test_runs_are_created_in_a_process_of_their_own_which_comes_back_when_it_dies() -> None:
+    """The api-server's interpreter lock is not held while Airflow creates a run: RunMaker calls
+    run in one child process, the same one each time, and a new one after it died."""
+    maker = airflow_side.RunMaker()
+    try:
+        child = maker.call(os.getpid)
+        assert child != os.getpid() and maker.call(os.getpid) == child
+        os.kill(child, signal.SIGKILL)
+        again = maker.call(os.getpid)
+        assert again not in (child, os.getpid()) and maker.call(os.getpid) == again
+    finally:
+        maker.stop()
+
+
+def test_a_run_that_cannot_be_created_says_what_went_wrong_across_the_process_boundary(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    def locked(*_: Any) -> None:
+        raise OperationalError("INSERT INTO dag_run …", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(airflow_side, "_create_run", locked)
+    with pytest.raises(airflow_side.RunNotCreated) as caught:
+        airflow_side.create_run("tx", {}, "ana")
+    crossed = pickle.loads(pickle.dumps(caught.value))  # how it leaves the run maker's process
+    assert airflow_side.error_kind(crossed) == "OperationalError" and "database is locked" in str(crossed)
+    assert airflow_side.error_kind(ConnectionError("down")) == "ConnectionError"
 
 
 @pytest.fixture
