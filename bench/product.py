@@ -9,21 +9,20 @@ source holds for its parameters.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from bench.api_load import Poll, latency_summary, one_after_another, poll_each, run_concurrently, seconds_summary
+from bench.api_load import Fleet, Poll, one_after_another, seconds_summary
 from bench.baselines import DEFINITION, SOURCE_TABLE
 from bench.common import MB, RESULTS_DIR, BenchError, Result, note, step
 from bench.probe import (
@@ -45,12 +44,14 @@ POLL_AT_LEAST_S = 20.0
 #: api-server's floor under the same load.
 REFERENCE_PATH = "/api/v2/version"
 REFERENCE_POLLERS = 5
+#: The API load's clients run in this many processes of their own (see bench.api_load.Fleet).
+CLIENT_PROCESSES = 10
 #: Requests of one client alone after the load, for the quiet machine's latency.
 QUIET_REQUESTS = 200
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED"})
 LOAD_MODEL = (
-    "POST: {n} exports (one day of orders each) requested at once from {n} threads, one client each. "
-    "Status: right after, {n} pollers, one per transaction and one client each, poll their own "
+    "POST: {n} exports (one day of orders each) requested at once by {n} clients (threads of {p} "
+    "client processes). Status: right after, {n} pollers, one per transaction and one client each, poll their own "
     "GET /exports/v1/transactions/{{id}} once a second (the first poll at a random moment of the first "
     "second) while the {n} exports run, until their transaction is terminal and at least 20 s have passed. "
     "(The POST answers Retry-After: 5; polling every second is five times what it asks.)"
@@ -370,28 +371,20 @@ def run_api_load(stack: Any, store: Any, source: Source, exports: int) -> dict[s
         return httpx.Client(base_url=stack.base_url, headers=auth, timeout=120)
 
     bodies = [{"definition": DEFINITION, "params": p} for p in params]
-    posted = run_concurrently(client, lambda c, body: c.post("/exports/v1/transactions", json=body), bodies, exports)
-    refused = [t.answer.text[:200] for t in posted if t.answer.status_code != 202]
+    fleet = Fleet(stack.base_url, auth, CLIENT_PROCESSES)
+    posted = fleet.post_at_once("/exports/v1/transactions", bodies)
+    refused = [a.text[:200] for a in posted if a.status_code != 202]
     if refused:
         raise BenchError(f"{len(refused)} of {exports} concurrent requests were refused: {refused[0]}")
-    ids = [str(t.answer.json()["id"]) for t in posted]
+    ids = [str(a.json()["id"]) for a in posted]
     # Beside the pollers, a few clients poll one of Airflow's own routes through the same
     # api-server: what any request costs there under this load, the product's part aside.
-    stop = threading.Event()
-    with ThreadPoolExecutor(1) as pool:
-        reference = pool.submit(
-            poll_each, client, lambda _: REFERENCE_PATH, [f"reference-{i}" for i in range(REFERENCE_POLLERS)],
-            terminal=lambda _: True, period=POLL_PERIOD_S, at_least=PRODUCT_TIMEOUT_S, timeout=PRODUCT_TIMEOUT_S,
-            stop=stop,
-        )  # fmt: skip
-        try:
-            polls = poll_each(client, lambda tx_id: f"/exports/v1/transactions/{tx_id}", ids,
-                              terminal=lambda state: state in TERMINAL_STATES, period=POLL_PERIOD_S,
-                              at_least=POLL_AT_LEAST_S, timeout=PRODUCT_TIMEOUT_S)  # fmt: skip
-        finally:
-            stop.set()
-        beside = reference.result()
+    references = [f"reference-{i}" for i in range(REFERENCE_POLLERS)]
+    polls, beside = fleet.poll("/exports/v1/transactions/{}", ids, terminal_states=TERMINAL_STATES,
+                               period=POLL_PERIOD_S, at_least=POLL_AT_LEAST_S, timeout=PRODUCT_TIMEOUT_S,
+                               beside=(REFERENCE_PATH, references))  # fmt: skip
     check_polls(polls)
+    served = server_side_durations(stack.home / "logs" / "api-server.log", ids)
     if any(p.status_code != 200 for p in beside):
         raise BenchError(f"GET {REFERENCE_PATH} failed during the API load")
     # Then, the exports done and the machine quiet again: one client alone, one request at a time.
@@ -403,16 +396,42 @@ def run_api_load(stack: Any, store: Any, source: Source, exports: int) -> dict[s
     running = [p for p in polls if p.state not in TERMINAL_STATES]
     return {
         "exports": exports,
-        "model": LOAD_MODEL.format(n=exports),
+        "model": LOAD_MODEL.format(n=exports, p=CLIENT_PROCESSES),
         "rows_each": expected,
-        "post": {**latency_summary(posted), "threads": exports},
+        "post": {**seconds_summary([a.seconds for a in posted]), "threads": exports, "processes": CLIENT_PROCESSES},
         "status": {**seconds_summary([p.seconds for p in polls]), "pollers": exports, "period_s": POLL_PERIOD_S,
-                   "duration_s": max(p.at for p in polls), "polls_while_running": len(running),
+                   "processes": CLIENT_PROCESSES, "duration_s": max(p.at for p in polls),
+                   "polls_while_running": len(running),
                    "while_running": seconds_summary([p.seconds for p in running]) if running else None},
         "reference": {"path": REFERENCE_PATH, "pollers": REFERENCE_POLLERS,
                       "beside_status": seconds_summary([p.seconds for p in beside]),
                       "alone_after": quiet, "alone_requests": QUIET_REQUESTS},
+        "server_side": {name: seconds_summary(values) if values else None for name, values in served.items()},
     }  # fmt: skip
+
+
+#: Airflow's access log line for each answered request (``[http.access]``, in the api-server's log).
+ACCESS_LINE = re.compile(r"\[http\.access\].* duration_us=(\d+) .*method=(\w+) path=(\S+)")
+
+
+def server_side_durations(log: Path, tx_ids: list[str]) -> dict[str, list[float]]:
+    """How long the api-server took over each POST and each status GET of the load, as its own
+    access log says (from the request reaching Airflow's middleware to the answer sent): the part
+    of the latency that is the server's, not the client's or the machine's scheduling of either."""
+    ids = set(tx_ids)
+    found: dict[str, list[float]] = {"post": [], "status": []}
+    prefix = "/exports/v1/transactions"
+    for line in log.read_text(errors="replace").splitlines() if log.is_file() else []:
+        match = ACCESS_LINE.search(line)
+        if match is None:
+            continue
+        seconds, method, path = int(match.group(1)) / 1e6, match.group(2), match.group(3)
+        if method == "POST" and path == prefix:
+            found["post"].append(seconds)
+        elif method == "GET" and path.startswith(prefix + "/") and path[len(prefix) + 1 :] in ids:
+            found["status"].append(seconds)
+    found["post"] = found["post"][-len(tx_ids) :]  # the burst's (the warm-up used Airflow's REST API)
+    return found
 
 
 def check_polls(polls: list[Poll]) -> None:

@@ -16,6 +16,7 @@ import html
 import json
 import logging
 import secrets
+import sys
 import threading
 import weakref
 from collections.abc import Awaitable, Callable
@@ -96,8 +97,9 @@ class Guard:
     """ASGI middleware in front of every route: bounded request bodies (413) and, for mutations
     authenticated by the UI's session cookie alone, a same-origin check (403) — a page on another
     site cannot make a signed-in browser cancel an export. It also freezes the api-server's
-    long-lived heap (:func:`freeze_long_lived_heap`) and starts its run maker
-    (:class:`airflow_side.RunMaker`): a mounted app has no startup hook of its own."""
+    long-lived heap (:func:`freeze_long_lived_heap`), starts its run maker
+    (:class:`airflow_side.RunMaker`) and sets its interpreter's switch interval
+    (``config.API_SWITCH_INTERVAL_MS_DEFAULT``): a mounted app has no startup hook of its own."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
@@ -109,6 +111,9 @@ class Guard:
         if not _run_maker_started.is_set():  # this process's first request: it starts its imports
             _run_maker_started.set()
             airflow_side.maker.start()
+            interval = config.api_switch_interval_seconds()
+            if interval is not None:
+                sys.setswitchinterval(interval)
         freeze_long_lived_heap()
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         try:

@@ -178,7 +178,7 @@ class HeaderStore:
 
     def get(self, tx_id: str) -> Header:
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(headers).where(headers.c.id == tx_id)).mappings().first()
+            row = conn.execute(_GET, {"tx_id": tx_id}).mappings().first()
         if row is None:
             raise NotFound(tx_id)
         return Header.from_row(row)
@@ -192,22 +192,9 @@ class HeaderStore:
     def find_live_duplicate(self, requested_by: str, fingerprint: str, now: datetime) -> Header | None:
         """The requester's newest transaction of the same export (definition, params, format) that
         is still active, or SUCCEEDED with its file still downloadable."""
-        live = sa.or_(
-            headers.c.state.in_([s.value for s in ACTIVE]),
-            sa.and_(
-                headers.c.state == State.SUCCEEDED.value,
-                headers.c.result_uri.isnot(None),
-                sa.or_(headers.c.expires_at.is_(None), headers.c.expires_at > now),
-            ),
-        )
-        query = (
-            sa.select(*LISTED)
-            .where(headers.c.requested_by == requested_by, headers.c.fingerprint == fingerprint, live)
-            .order_by(headers.c.created_at.desc(), headers.c.id.desc())
-            .limit(1)
-        )
         with self.engine.connect() as conn:
-            row = conn.execute(query).mappings().first()
+            values = {"requested_by": requested_by, "fingerprint": fingerprint, "now": now}
+            row = conn.execute(_LIVE_DUPLICATE, values).mappings().first()
         return None if row is None else Header.from_row(row)
 
     def release_stale_dedup_key(self, requested_by: str, dedup_key: str, now: datetime) -> bool:
@@ -638,3 +625,25 @@ class HeaderStore:
         with self.engine.connect() as conn:
             row = conn.execute(query.order_by(events.c.id.desc()).limit(1)).mappings().first()
         return None if row is None else Event.from_row(row)
+
+
+# The statements every API request runs, built once (building one, and its cache key, cost about
+# as much as running it on SQLite).
+_GET = sa.select(headers).where(headers.c.id == sa.bindparam("tx_id"))
+_LIVE_DUPLICATE = (
+    sa.select(*LISTED)
+    .where(
+        headers.c.requested_by == sa.bindparam("requested_by"),
+        headers.c.fingerprint == sa.bindparam("fingerprint"),
+        sa.or_(
+            headers.c.state.in_([s.value for s in ACTIVE]),
+            sa.and_(
+                headers.c.state == State.SUCCEEDED.value,
+                headers.c.result_uri.isnot(None),
+                sa.or_(headers.c.expires_at.is_(None), headers.c.expires_at > sa.bindparam("now")),
+            ),
+        ),
+    )
+    .order_by(headers.c.created_at.desc(), headers.c.id.desc())
+    .limit(1)
+)

@@ -306,3 +306,37 @@ def test_requests_take_the_long_lived_heap_out_of_the_garbage_collectors_reach(
     finally:
         gc.enable()
         gc.unfreeze()
+
+
+def test_the_first_request_starts_the_run_maker_and_shortens_the_switch_interval(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Set once per api-server process, at its first /exports request (a mounted app has no startup
+    hook): the interpreter hands its lock over every EXPORT_TX_API_SWITCH_INTERVAL_MS (1 ms by
+    default, Python's 5), and the run maker's process starts importing Airflow."""
+    import sys
+
+    from export_tx.api import app as api
+
+    started: list[bool] = []
+    monkeypatch.setattr(api, "_run_maker_started", threading.Event())
+    monkeypatch.setattr(airflow_side.maker, "start", lambda: started.append(True))
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        monkeypatch.setenv("EXPORT_TX_API_SWITCH_INTERVAL_MS", "2.5")
+        assert client.get("/v1/me").status_code == 200
+        assert sys.getswitchinterval() == pytest.approx(0.0025) and started == [True]
+        monkeypatch.setenv("EXPORT_TX_API_SWITCH_INTERVAL_MS", "4")
+        assert client.get("/v1/me").status_code == 200  # not the first request: nothing changes
+        assert sys.getswitchinterval() == pytest.approx(0.0025) and started == [True]
+        monkeypatch.setattr(api, "_run_maker_started", threading.Event())
+        monkeypatch.setenv("EXPORT_TX_API_SWITCH_INTERVAL_MS", "0")  # 0: Python's own setting stays
+        assert client.get("/v1/me").status_code == 200
+        assert sys.getswitchinterval() == pytest.approx(0.0025) and started == [True, True]
+        monkeypatch.delenv("EXPORT_TX_API_SWITCH_INTERVAL_MS")
+        from export_tx import config
+
+        assert config.api_switch_interval_seconds() == pytest.approx(0.001)
+    finally:
+        sys.setswitchinterval(before)
