@@ -180,6 +180,8 @@ def other_airflow_processes(
         stat = proc_stat(proc.info["pid"]) if groups else None
         if stat is not None and stat.pgrp in groups:
             continue
+        if groups and _descends_from(proc, groups):  # a stack's process in a group of its own
+            continue
         title = " ".join(proc.info["cmdline"] or [])
         if proc.info["status"] == psutil.STATUS_ZOMBIE or not ("airflow " in title or "bin/airflow" in title):
             continue
@@ -187,6 +189,19 @@ def other_airflow_processes(
             continue
         found.append(f"{proc.info['pid']} {title[:100]}")
     return found
+
+
+def _descends_from(proc: Any, groups: Collection[int]) -> bool:
+    """Whether a parent of ``proc`` is in one of ``groups``: LocalExecutor's workers and their
+    task processes retitle themselves (their environment's mark with it) and may lead groups of
+    their own, yet they are the stack's (a 5M run was flagged as disturbed by its own worker)."""
+    import psutil
+
+    try:
+        parents = proc.parents()
+    except psutil.Error:
+        return False
+    return any((stat := proc_stat(parent.pid)) is not None and stat.pgrp in groups for parent in parents)
 
 
 def wait_until_quiet(timeout: float) -> list[str]:
