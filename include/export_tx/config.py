@@ -156,9 +156,10 @@ RUN_START_WAIT_DEFAULT = 10.0
 #: How long a thread of the api-server may hold the interpreter lock while another waits for it
 #: (``EXPORT_TX_API_SWITCH_INTERVAL_MS``; Python's default is 5 ms). Every request changes threads
 #: twice or more (event loop → token check → event loop → route → event loop) and each change
-#: waited for whoever held the lock, up to the interval: with 50 exports requested at once, POST
-#: p99 357 → 283 ms at 1 ms in one paired run here. Set by the ``/exports`` app at its first
-#: request, for its api-server process; 0 leaves Python's setting alone.
+#: waited for whoever held the lock, up to the interval. With 50 exports requested at once, POST
+#: p99 went 357 → 283 ms in two runs one after the other here (the second at 1 ms, and with the
+#: store's per-request statements built once). Set by the ``/exports`` app at its first request,
+#: for its api-server process; 0 leaves Python's setting alone.
 API_SWITCH_INTERVAL_MS_DEFAULT = 1.0
 
 

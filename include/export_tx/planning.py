@@ -681,8 +681,9 @@ _COMBINED_CHECKS = frozenset({"numeric_abs", "numeric_scale", "array_shape"})
 #: walks the index until a row passes (a day's orders in 20M: 3.6 s). Then the counting pass,
 #: which finds the range too, runs instead — and a second pass counts the histogram: giving up on
 #: a probe that would have answered costs two passes (20M rows: about 7 s). So the limit is far
-#: above the index's millisecond: a 2-core machine busy with an Airflow stack took the probe past
-#: an earlier 50 ms limit (planning 16 s instead of 5).
+#: above the index's millisecond. An earlier 50 ms limit is the likely cause of a 20M planning of
+#: 16 s on a busy 2-core machine (5.5 s in other runs; 45 ms measured for a cold probe with its
+#: connection); with 1 s the next benchmark planned 20M rows in 3.9 s.
 RANGE_PROBE_SECONDS = 1.0
 
 
