@@ -82,10 +82,6 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[rank - 1]
 
 
-def latency_summary(timed: Sequence[Timed]) -> dict[str, Any]:
-    return seconds_summary([t.seconds for t in timed])
-
-
 @dataclass(frozen=True)
 class Poll:
     """One status request of a poller: its transaction, when (s since the pollers started), how long."""

@@ -430,7 +430,7 @@ def server_side_durations(log: Path, tx_ids: list[str]) -> dict[str, list[float]
             found["post"].append(seconds)
         elif method == "GET" and path.startswith(prefix + "/") and path[len(prefix) + 1 :] in ids:
             found["status"].append(seconds)
-    found["post"] = found["post"][-len(tx_ids) :]  # the burst's (the warm-up used Airflow's REST API)
+    found["post"] = found["post"][-len(tx_ids) :]  # the burst's: the last (the ~10k-row exports were POSTed before)
     return found
 
 
