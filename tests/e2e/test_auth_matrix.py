@@ -116,3 +116,24 @@ def test_each_person_sees_only_their_own_in_exports(callers: dict[str, httpx.Cli
         "transactions"]} for who in ("viewer", "owner", "other", "admin")}  # fmt: skip
     assert owned in listed["owner"] and owned in listed["admin"]
     assert owned not in listed["other"] and owned not in listed["viewer"]
+
+
+def test_a_logged_out_token_opens_no_door_of_exports(
+    stack: AirflowStack, callers: dict[str, httpx.Client], owned: str
+) -> None:
+    """Airflow's logout revokes the token: every /exports route then answers Airflow's 403 —
+    a read, a refused parameter, a mutation (which changes nothing), a page — while the owner's
+    other token still reads the export."""
+    token = stack.token("analyst")
+    with httpx.Client(base_url=stack.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
+        assert client.get(tx_url(owned)).json()["id"] == owned
+        assert client.get("/api/v2/auth/logout", follow_redirects=False).status_code in (302, 303, 307)
+        before = callers["owner"].get(tx_url(owned)).json()
+        for method, path in [("GET", tx_url(owned)), ("GET", "/exports/v1/transactions?limit=0"),
+                             ("POST", f"{tx_url(owned)}/notify"), ("GET", f"{tx_url(owned)}/download"),
+                             ("GET", "/exports/v1/definitions/demo_orders/preview?rows=1"),
+                             ("GET", "/exports/ui")]:  # fmt: skip
+            answer = client.request(method, path, follow_redirects=False)
+            assert (answer.status_code, answer.json()["detail"]) == (403, "Invalid JWT token"), (method, path)
+    after = callers["owner"].get(tx_url(owned)).json()
+    assert after["state"] == before["state"] and after.get("notification") == before.get("notification")

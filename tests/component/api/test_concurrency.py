@@ -273,6 +273,95 @@ def test_the_revocation_lookup_runs_off_the_event_loop(monkeypatch: pytest.Monke
     assert all(thread != threading.get_ident() for _, thread in looked_up)
 
 
+class _RecordingStore(HeaderStore):
+    """The header store, noting each transaction read."""
+
+    reads: list[str]
+
+    def find(self, tx_id: str) -> Any:
+        self.reads.append(tx_id)
+        return super().find(tx_id)
+
+
+@pytest.fixture
+def real_tokens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, demo_db: Path) -> Iterator[Any]:
+    """The ``/exports`` app behind Airflow's own authentication (``get_user``) and our auth manager,
+    with tokens whose claims are their text (``"<name>:<role>:<jti>"``) and a revocation list of
+    jtis ending in "revoked"; every lookup noted."""
+    from airflow.api_fastapi.core_api import security
+    from airflow.models.revoked_token import RevokedToken
+
+    from export_tx.api import app as api
+    from export_tx.api.auth import ExportsAuthManager
+
+    class Validator:
+        async def avalidated_claims(self, token: str) -> dict[str, Any]:
+            name, role, jti = token.split(":")
+            return {"sub": name, "role": role, "jti": jti}
+
+    looked_up: list[str] = []
+
+    def is_revoked(jti: str) -> bool:
+        looked_up.append(jti)
+        return jti.endswith("revoked")
+
+    monkeypatch.setattr(ExportsAuthManager, "_get_token_validator", classmethod(lambda cls: Validator()))
+    monkeypatch.setattr(RevokedToken, "is_revoked", is_revoked)
+    manager = ExportsAuthManager()
+    monkeypatch.setattr(security, "get_auth_manager", lambda: manager)
+    store = _RecordingStore(f"sqlite:///{tmp_path / 'store.db'}")
+    store.ensure_schema()
+    store.reads = []
+    store.create("t-ana", definition="demo_orders", params={}, batch_size=1000, requested_by="ana",
+                 idempotency_key=None, request_hash="h")  # fmt: skip
+
+    async def known_store() -> HeaderStore:  # as get_store, once the store is known: on the event loop
+        return store
+
+    api.app.dependency_overrides[api.get_store] = known_store
+    try:
+        with TestClient(api.app, base_url="http://airflow.test") as client:
+            client.store, client.looked_up = store, looked_up  # type: ignore[attr-defined]
+            yield client
+    finally:
+        api.app.dependency_overrides.clear()
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "token"),
+    [
+        ("GET", "/v1/transactions/t-ana", "ana:USER:j-revoked"),
+        ("POST", "/v1/transactions/t-ana/cancel", "ana:USER:j-revoked"),
+        ("GET", "/v1/transactions?limit=0", "ana:USER:j-revoked"),  # a parameter it would refuse
+        ("POST", "/v1/transactions", "vic:VIEWER:j-revoked"),  # a request it would deny
+        ("GET", "/v1/definitions/demo_orders/preview?rows=1", "ana:USER:j-revoked"),
+    ],
+)
+def test_a_revoked_token_gets_airflows_answer_from_every_route_and_touches_nothing(
+    real_tokens: Any, method: str, path: str, token: str
+) -> None:
+    """A logged-out token, through Airflow's own ``get_user`` and our auth manager: 403, no read."""
+    answer = real_tokens.request(method, path, headers=_bearer(token), json={"definition": "demo_orders"}
+                                 if method == "POST" else None)  # fmt: skip
+    assert (answer.status_code, answer.json()["detail"]) == (403, "Invalid JWT token")
+    assert real_tokens.looked_up == ["j-revoked"]
+    assert real_tokens.store.reads == []
+    assert real_tokens.store.get("t-ana").state == State.REQUESTED
+
+
+def test_a_valid_token_still_gets_the_refusal_its_request_earns(real_tokens: Any) -> None:
+    """One revocation lookup per request, whatever the answer."""
+    assert real_tokens.get("/v1/transactions?limit=0", headers=_bearer("ana:USER:j2")).status_code == 422
+    denied = real_tokens.post("/v1/transactions", headers=_bearer("vic:VIEWER:j3"), json={"definition": "demo_orders"})
+    assert (denied.status_code, denied.json()["detail"]) == (403, "vic may not request exports")
+    assert real_tokens.get("/v1/transactions/t-other", headers=_bearer("ana:USER:j4")).status_code == 404
+    assert real_tokens.looked_up == ["j2", "j3", "j4"]
+
+
 def test_requests_take_the_long_lived_heap_out_of_the_garbage_collectors_reach(
     client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
