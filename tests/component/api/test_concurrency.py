@@ -238,17 +238,25 @@ def test_a_run_that_cannot_be_created_after_a_burst_fails_its_transaction(
     assert header.idempotency_key is None  # free again: a retry with it starts the export
 
 
+class _TextClaims:
+    """A token validator for tests: a token's claims are its text, ``"<name>:<role>:<jti>"``;
+    any other text fails as a bad signature would."""
+
+    async def avalidated_claims(self, token: str) -> dict[str, Any]:
+        from jwt import InvalidTokenError
+
+        parts = token.split(":")
+        if len(parts) != 3:
+            raise InvalidTokenError("signature")
+        name, role, jti = parts
+        return {"sub": name, "role": role, "jti": jti}
+
+
 def test_the_revocation_lookup_runs_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     from airflow.models.revoked_token import RevokedToken
     from jwt import InvalidTokenError
 
     from export_tx.api.auth import ExportsAuthManager
-
-    class Validator:
-        async def avalidated_claims(self, token: str) -> dict[str, Any]:
-            if token == "bad":
-                raise InvalidTokenError("signature")
-            return {"sub": "ana", "role": "USER", "jti": token}
 
     looked_up: list[tuple[str, int]] = []
 
@@ -256,17 +264,17 @@ def test_the_revocation_lookup_runs_off_the_event_loop(monkeypatch: pytest.Monke
         looked_up.append((jti, threading.get_ident()))
         return jti == "revoked"
 
-    monkeypatch.setattr(ExportsAuthManager, "_get_token_validator", classmethod(lambda cls: Validator()))
+    monkeypatch.setattr(ExportsAuthManager, "_get_token_validator", classmethod(lambda cls: _TextClaims()))
     monkeypatch.setattr(RevokedToken, "is_revoked", is_revoked)
     manager = ExportsAuthManager()
 
     async def check(token: str) -> Any:
         return await manager.get_user_from_token(token)
 
-    user = asyncio.run(check("fine"))
+    user = asyncio.run(check("ana:USER:fine"))
     assert (user.get_name(), user.role) == ("ana", "USER")
     with pytest.raises(InvalidTokenError, match="revoked"):
-        asyncio.run(check("revoked"))
+        asyncio.run(check("ana:USER:revoked"))
     with pytest.raises(InvalidTokenError):
         asyncio.run(check("bad"))
     assert [j for j, _ in looked_up] == ["fine", "revoked"]
@@ -276,7 +284,9 @@ def test_the_revocation_lookup_runs_off_the_event_loop(monkeypatch: pytest.Monke
 class _RecordingStore(HeaderStore):
     """The header store, noting each transaction read."""
 
-    reads: list[str]
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.reads: list[str] = []
 
     def find(self, tx_id: str) -> Any:
         self.reads.append(tx_id)
@@ -286,18 +296,13 @@ class _RecordingStore(HeaderStore):
 @pytest.fixture
 def real_tokens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, demo_db: Path) -> Iterator[Any]:
     """The ``/exports`` app behind Airflow's own authentication (``get_user``) and our auth manager,
-    with tokens whose claims are their text (``"<name>:<role>:<jti>"``) and a revocation list of
-    jtis ending in "revoked"; every lookup noted."""
+    with :class:`_TextClaims` tokens and a revocation list of jtis ending in "revoked"; every
+    lookup noted."""
     from airflow.api_fastapi.core_api import security
     from airflow.models.revoked_token import RevokedToken
 
     from export_tx.api import app as api
     from export_tx.api.auth import ExportsAuthManager
-
-    class Validator:
-        async def avalidated_claims(self, token: str) -> dict[str, Any]:
-            name, role, jti = token.split(":")
-            return {"sub": name, "role": role, "jti": jti}
 
     looked_up: list[str] = []
 
@@ -305,13 +310,12 @@ def real_tokens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, demo_db: Path) 
         looked_up.append(jti)
         return jti.endswith("revoked")
 
-    monkeypatch.setattr(ExportsAuthManager, "_get_token_validator", classmethod(lambda cls: Validator()))
+    monkeypatch.setattr(ExportsAuthManager, "_get_token_validator", classmethod(lambda cls: _TextClaims()))
     monkeypatch.setattr(RevokedToken, "is_revoked", is_revoked)
     manager = ExportsAuthManager()
     monkeypatch.setattr(security, "get_auth_manager", lambda: manager)
     store = _RecordingStore(f"sqlite:///{tmp_path / 'store.db'}")
     store.ensure_schema()
-    store.reads = []
     store.create("t-ana", definition="demo_orders", params={}, batch_size=1000, requested_by="ana",
                  idempotency_key=None, request_hash="h")  # fmt: skip
 
