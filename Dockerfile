@@ -25,6 +25,9 @@ RUN cd /opt/airflow/export-tx && pip install --no-cache-dir -c constraints.txt .
 # DAGs and plugins where AIRFLOW__CORE__DAGS_FOLDER / PLUGINS_FOLDER point.
 COPY --chown=airflow:0 dags/ /opt/airflow/dags/
 COPY --chown=airflow:0 plugins/ /opt/airflow/plugins/
+# airflow_local_settings.py: Airflow imports it from $AIRFLOW_HOME/config in each process (the
+# processes that fork tasks preload what export tasks import; export_tx.airflow.preload).
+COPY --chown=airflow:0 config/ /opt/airflow/config/
 
 # Shared data (demo SQLite source, Simple auth manager passwords): a named volume is mounted here
 # in docker-compose.yaml, and a fresh named volume takes over this directory's airflow ownership.

@@ -134,7 +134,9 @@ def product_lines(run: SizeRun) -> list[str]:
     d = product.details
     lines = [f"product: {d['batches']} batch{'es' if d['batches'] != 1 else ''} (batch_size {d['batch_size_used']:,}"
              f"{', requested' if d.get('batch_size_requested') else ', chosen by the product'}); peak RSS is the sum "
-             f"over all stack processes (idle before the trigger: {mb(d['idle_stack_rss_bytes'])} MB)."]  # fmt: skip
+             f"over all stack processes, each counting the pages it shares with the process it was forked from "
+             f"(the executor's workers share the scheduler's preloaded modules; idle before the trigger: "
+             f"{mb(d['idle_stack_rss_bytes'])} MB)."]  # fmt: skip
     merge, batch, rows = d.get("merge_peak_rss_bytes"), d.get("batch_peak_rss_bytes"), d.get("batch_peak_rows") or 0
     per_100k, above = d.get("batch_peak_rss_per_100k_rows_bytes"), d.get("batch_above_floor_per_100k_rows_bytes")
     lines.append(f"task peak RSS: merge {mb(merge)} MB ({d.get('merge_peak_how') or '-'}); "

@@ -91,8 +91,11 @@ class AirflowStack:
             {
                 "PATH": f"{bin_dir}:{env.get('PATH', '')}",
                 # The stack's own hooks (SQLite connect args, hostname_callable) live in devtools/,
-                # which is not part of the installed package.
-                "PYTHONPATH": os.pathsep.join(p for p in (str(self.repo), env.get("PYTHONPATH", "")) if p),
+                # which is not part of the installed package; config/ holds airflow_local_settings
+                # (what a deployment's $AIRFLOW_HOME/config holds: the preload of what tasks import).
+                "PYTHONPATH": os.pathsep.join(
+                    p for p in (str(self.repo), str(self.repo / "config"), env.get("PYTHONPATH", "")) if p
+                ),
                 "AIRFLOW_HOME": str(self.home),
                 "AIRFLOW__CORE__DAGS_FOLDER": str(self.repo / "dags"),
                 "AIRFLOW__CORE__PLUGINS_FOLDER": str(self.repo / "plugins"),

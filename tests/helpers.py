@@ -119,3 +119,10 @@ def signed_in(store: Any, who: dict[str, Any]) -> Iterator[Any]:
         yield app
     finally:
         app.dependency_overrides.clear()
+
+
+def maps_library(pid: int, fragment: str) -> bool:
+    """Whether process ``pid`` has a shared library whose path contains ``fragment`` mapped
+    (``/proc/<pid>/maps``): what it has imported, seen from outside."""
+    with open(f"/proc/{pid}/maps") as maps:
+        return any(fragment in line for line in maps)

@@ -24,6 +24,7 @@ from export_tx.states import State
 from export_tx.store import Header
 from tests.celery.conftest import Deployment
 from tests.deploy import file_facts
+from tests.helpers import maps_library
 
 pytestmark = pytest.mark.stack
 
@@ -59,6 +60,16 @@ def _check_file_on_s3(celery: Deployment, header: Header) -> bytes:
     assert len(plan) == header.batches_total == header.batches_done
     assert all(b.state == "DONE" for b in plan) and sum(b.rows or 0 for b in plan) == facts.rows
     return body
+
+
+def test_every_worker_process_holds_what_tasks_import(celery: Deployment) -> None:
+    """A Celery worker preloads what export tasks import (config/airflow_local_settings.py): every
+    process of both workers holds pyarrow's library — tasks, which import it too, run in processes
+    forked from these, so only the preload puts it here."""
+    celery.start_workers()
+    for name in ("w1", "w2"):
+        processes = celery.stack.worker_processes(name)
+        assert processes and all(maps_library(pid, "libarrow.so") for pid in processes), name
 
 
 def test_batches_run_on_both_workers_and_the_file_lands_on_s3(celery: Deployment) -> None:

@@ -256,7 +256,7 @@ _ENV_READ = re.compile(
 
 
 def code_files() -> Iterator[Path]:
-    for folder in (REPO / "include" / "export_tx", REPO / "dags", REPO / "plugins"):
+    for folder in (REPO / "include" / "export_tx", REPO / "dags", REPO / "plugins", REPO / "config"):
         yield from sorted(folder.rglob("*.py"))
 
 
@@ -355,12 +355,23 @@ def test_dags_and_plugins_folders_agree_with_the_dockerfile() -> None:
         assert not hidden, f"a volume hides the image's {source}: {hidden}"
 
 
+def test_local_settings_land_where_airflow_imports_them() -> None:
+    """``config/airflow_local_settings.py`` (the preload of what export tasks import) goes to
+    ``$AIRFLOW_HOME/config``, which Airflow puts on ``sys.path`` in every process; no volume hides it."""
+    _, path = copied("config")
+    home = dockerfile_env().get("AIRFLOW_HOME", "/opt/airflow")  # the official image's
+    assert path == f"{home}/config"
+    assert (REPO / "config" / "airflow_local_settings.py").is_file()
+    volumes = [str(v) for svc in [common(), *airflow_services().values()] for v in svc.get("volumes") or []]
+    assert not [v for v in volumes if v.split(":")[1:2] == [path]], "a volume hides the image's config/"
+
+
 def test_dockerignore_leaves_out_local_state_and_keeps_the_sources() -> None:
     patterns = [line.strip() for line in DOCKERIGNORE.read_text().splitlines()]
     patterns = [p.rstrip("/") for p in patterns if p and not p.startswith("#")]
     for needed in (".venv", ".git", ".airflow", "bench/results", ".pytest_cache"):
         assert needed in patterns, f".dockerignore does not exclude {needed}"
-    for source in ("pyproject.toml", "constraints.txt", "README.md", "include", "dags", "plugins"):
+    for source in ("pyproject.toml", "constraints.txt", "README.md", "include", "dags", "plugins", "config"):
         matched = [p for p in patterns if fnmatch.fnmatch(source, p.removeprefix("**/"))]
         assert not matched, f".dockerignore excludes {source}, which the Dockerfile copies ({matched})"
 

@@ -271,3 +271,80 @@ def test_a_slow_key_range_gives_way_to_the_counting_pass(
     assert counted == ["yes"] and plan.total_rows == 29_999 and len(plan.batches) == 10
     assert max(b.planned_rows for b in plan.batches) <= 1.25 * 3_000  # from a histogram, counted after
     assert sum(b.planned_rows for b in plan.batches) == 29_999
+
+
+@pytest.fixture(scope="module")
+def days_source(pg_database: str, monkeypatch_module: pytest.MonkeyPatch) -> PostgresSource:
+    """Orders-like: the key grows with the day, so a day's rows sit in the middle of the key's
+    index (a walk from either end passes every other day's rows); statistics analyzed."""
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS days")
+        conn.execute("CREATE TABLE days (id BIGINT PRIMARY KEY, day INT NOT NULL, note TEXT)")
+        conn.execute("INSERT INTO days SELECT i * 3, i / 1000, 'n' || i FROM generate_series(1, 60000) i")
+        conn.execute("CREATE INDEX days_day ON days (day)")
+        conn.execute("ANALYZE days")
+    monkeypatch_module.setenv("AIRFLOW_CONN_DAYS_PG", pg_database)
+    return PostgresSource("days_pg")
+
+
+def _days(source: PostgresSource) -> ExportDefinition:
+    return ExportDefinition(name="days", description="test", source=source,
+                            sql="SELECT id, day, note FROM days WHERE day = :day", key_column="id",
+                            params={"day": {"type": "integer"}}, max_rows=1_000_000)  # fmt: skip
+
+
+def _day_rows(source: PostgresSource, day: int) -> tuple[int, int]:
+    with psycopg.connect(source.uri()) as conn:
+        found = conn.execute("SELECT count(*), min(id) FROM days WHERE day = %s", (day,)).fetchone()
+    assert found is not None
+    return found[0], found[1]
+
+
+def test_an_export_expected_to_fit_one_batch_is_counted_in_one_pass_without_the_key_range(
+    days_source: PostgresSource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL's own estimate (EXPLAIN, nothing read) says a day's rows make one automatic
+    batch: the one counting pass plans it, and the key's range — a walk through the other days'
+    keys — is never asked."""
+    from export_tx import planning
+
+    definition = _days(days_source)
+    rows, first = _day_rows(days_source, 30)
+    estimated = planning.describe(definition, definition.bind_values({"day": 30})).estimated_rows
+    assert estimated is not None and rows / 2 <= estimated <= rows * 2  # the planner's, from statistics
+    passes: list[str] = []
+    real_fetch = planning.fetch_all
+
+    def fetch(source: object, sql: str, *rest: object) -> object:
+        passes.append(sql)
+        return real_fetch(source, sql, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(planning, "fetch_all", fetch)
+    monkeypatch.setattr(planning, "range_sql", lambda *_: pytest.fail("the key's range was asked"))
+    plan = plan_export(definition, {"day": 30}, None, max_batches=200, slots=2)
+    assert len(passes) == 1 and plan.total_rows == rows == 1_000
+    assert [(b.lo, b.hi, b.planned_rows) for b in plan.batches] == [(first, None, rows)]
+
+
+def test_an_estimate_too_low_costs_a_pass_never_the_plan(
+    days_source: PostgresSource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the estimate says one batch and the rows need several, the histogram is counted after
+    the counting pass: exact, even batches all the same."""
+    import dataclasses
+
+    from export_tx import planning
+
+    real_describe = planning.describe
+    monkeypatch.setattr(planning, "describe",
+                        lambda *a: dataclasses.replace(real_describe(*a), estimated_rows=1))  # fmt: skip
+    monkeypatch.setattr(planning, "range_sql", lambda *_: pytest.fail("the key's range was asked"))
+    rows, _ = _day_rows(days_source, 30)
+    plan = plan_export(_days(days_source), {"day": 30}, 100, max_batches=200)
+    assert plan.total_rows == rows and len(plan.batches) == 10
+    assert max(b.planned_rows for b in plan.batches) <= 1.25 * 100
+    with psycopg.connect(days_source.uri()) as conn:
+        for b in plan.batches:
+            upper, values = ("", (b.lo,)) if b.hi is None else (" AND id < %s", (b.lo, b.hi))
+            found = conn.execute(f"SELECT count(*) FROM days WHERE day = 30 AND id >= %s{upper}", values)
+            assert found.fetchone() == (b.planned_rows,)

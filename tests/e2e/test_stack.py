@@ -10,7 +10,7 @@ import pytest
 
 from devtools.stack import AirflowStack
 from export_tx.states import State
-from tests.helpers import demo_source_rows, file_sha256, local_path, read_result, store
+from tests.helpers import demo_source_rows, file_sha256, local_path, maps_library, read_result, store
 
 pytestmark = pytest.mark.stack
 RUNS = "/api/v2/dags/export_transaction/dagRuns"
@@ -58,6 +58,21 @@ def test_rest_triggered_export_succeeds(stack: AirflowStack, demo_db: Path) -> N
         # Not a point-in-time export: the snapshot's holder has no instance, no process started.
         "hold_snapshot": "skipped",
     }
+
+
+def test_the_executor_workers_hold_what_tasks_import_before_they_fork_one(stack: AirflowStack) -> None:
+    """LocalExecutor's workers, forked from the scheduler at its start, hold pyarrow (and this library)
+    from the scheduler's preload (config/airflow_local_settings.py): the tasks they fork start
+    without importing it. The dag-processor, which forks no task, does not pay for it."""
+    import psutil
+
+    pids = stack.running_pids()
+    scheduler = psutil.Process(pids["scheduler"])
+    workers = [p for p in scheduler.children() if "LocalExecutor" in " ".join(p.cmdline())]
+    assert workers, [p.cmdline() for p in scheduler.children()]
+    assert maps_library(scheduler.pid, "libarrow.so")
+    assert all(maps_library(w.pid, "libarrow.so") and maps_library(w.pid, "adbc_driver_manager/_lib") for w in workers)
+    assert not maps_library(pids["dag-processor"], "libarrow.so")
 
 
 @pytest.mark.parametrize(

@@ -123,6 +123,9 @@ class Described:
     columns: tuple[tuple[str, Any], ...]
     #: PostgreSQL: the type of each placeholder occurrence of the definition's SQL.
     binding: PgBinding | None = None
+    #: PostgreSQL: how many rows the planner expects the query to return with the request's values
+    #: (an estimate from its statistics; no row is read). None where the source gives none.
+    estimated_rows: int | None = None
 
 
 def refuse(definition: str, field: str, message: str) -> DefinitionInvalid:

@@ -252,6 +252,7 @@ def describe_postgres(
         occurrences = tuple(types[oid].display for oid in param_oids)
         if values:
             _check_values(conn, names, occurrences, values)
+        estimated = None if values is None else _estimated_rows(pgconn, numbered, names, param_oids, values)
     # PostgreSQL reports a domain column as its base type; arrays of a domain are read as arrays
     # of the base type (the driver does not know the domain).
     columns = []
@@ -262,7 +263,30 @@ def describe_postgres(
         if element is not None and catalog.element_domain:
             cast_to = f"{_typmod_display(element.display, element.name, element.typmod)}[]"
         columns.append((name, PgType(catalog.name, display, catalog.typtype, mod, element, cast_to=cast_to)))
-    return Described(tuple(columns), PgBinding(occurrences))
+    return Described(tuple(columns), PgBinding(occurrences), estimated)
+
+
+def _estimated_rows(
+    pgconn: Any, numbered: str, names: Sequence[str], oids: Sequence[int], values: Mapping[str, Any]
+) -> int | None:
+    """The planner's row estimate for the query with ``values`` bound (EXPLAIN: planned, never
+    run). Each value goes as text with its placeholder's type, as the export's own query casts it.
+    None where PostgreSQL gives none: the estimate only steers how planning counts."""
+    import json
+
+    from psycopg import pq
+
+    if any(name not in values for name in names):
+        return None
+    texts = [None if values[n] is None else setting_value(values[n]).encode() for n in names]
+    result = pgconn.exec_params(b"EXPLAIN (FORMAT JSON) " + numbered.encode(), texts, list(oids))
+    if result.status != pq.ExecStatus.TUPLES_OK or result.ntuples != 1:
+        return None
+    try:
+        rows = json.loads(bytes(result.get_value(0, 0) or b"null"))[0]["Plan"]["Plan Rows"]
+    except (ValueError, LookupError, TypeError):
+        return None
+    return int(rows) if isinstance(rows, int | float) else None
 
 
 def _check_values(conn: Any, names: Sequence[str], types: Sequence[str], values: Mapping[str, Any]) -> None:
