@@ -193,15 +193,17 @@ def task_nice() -> int:
     return min(19, int(raw)) if raw.isdigit() else TASK_NICE_DEFAULT
 
 
-#: Whether the processes that fork Airflow's task processes import what export tasks import, once,
-#: before they fork (``EXPORT_TX_PRELOAD``: ``auto``, the default, in a scheduler running
-#: LocalExecutor and in a Celery worker; ``off`` never). See :mod:`export_tx.airflow.preload`.
+#: Which processes that fork Airflow's task processes import what export tasks import, once, before
+#: they fork (``EXPORT_TX_PRELOAD``): ``auto`` (the default) a Celery worker, whose cores are for
+#: tasks; ``on`` a scheduler running LocalExecutor too; ``off`` none. See :mod:`export_tx.airflow.preload`.
 PRELOAD_DEFAULT = "auto"
 
 
 def preload_mode() -> str:
     raw = (_env("EXPORT_TX_PRELOAD") or PRELOAD_DEFAULT).strip().lower()
-    return "off" if raw in ("off", "0", "false", "no") else "auto"
+    if raw in ("off", "0", "false", "no"):
+        return "off"
+    return "on" if raw in ("on", "1", "true", "yes") else "auto"
 
 
 # -- notification and links ------------------------------------------------------------------------

@@ -72,6 +72,10 @@ def stack(
             "EXPORT_TX_BULK_EXPORTS": str(bulk),
             "EXPORT_TX_HOUSEKEEPING_SCHEDULE": "none",  # the tests trigger it
             "EXPORT_TX_RECONCILE_GRACE_SECONDS": "0",
+            # The opt-in preload in LocalExecutor's workers: every end-to-end export runs in task
+            # processes forked with pyarrow and this library already imported (the default, auto,
+            # preloads in Celery workers only; tests/celery runs with it).
+            "EXPORT_TX_PRELOAD": "on",
         },
     )
     s.migrate()

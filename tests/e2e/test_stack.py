@@ -61,9 +61,10 @@ def test_rest_triggered_export_succeeds(stack: AirflowStack, demo_db: Path) -> N
 
 
 def test_the_executor_workers_hold_what_tasks_import_before_they_fork_one(stack: AirflowStack) -> None:
-    """LocalExecutor's workers, forked from the scheduler at its start, hold pyarrow (and this library)
-    from the scheduler's preload (config/airflow_local_settings.py): the tasks they fork start
-    without importing it. The dag-processor, which forks no task, does not pay for it."""
+    """With ``EXPORT_TX_PRELOAD=on`` (this session's stack), LocalExecutor's workers, forked from the
+    scheduler at its start, hold pyarrow (and this library) from the scheduler's preload
+    (config/airflow_local_settings.py): the tasks they fork start without importing it. The
+    dag-processor, which forks no task, does not pay for it."""
     import psutil
 
     pids = stack.running_pids()

@@ -10,10 +10,16 @@ cores). Airflow's Celery worker preloads its own heavy modules for the same reas
 (``on_celery_import_modules``).
 
 Called from ``airflow_local_settings.py`` (``config/`` of this repository; Airflow imports it in
-each of its processes at start), it imports only in the processes that fork tasks — a scheduler
-whose executors include LocalExecutor, a Celery worker — and only modules: nothing connects,
-reads a definition or starts a thread of ours (pyarrow starts its allocator's, which it keeps
-safe across ``fork``). ``EXPORT_TX_PRELOAD=off`` turns it off.
+each of its processes at start), it imports only in the processes that fork tasks, and only
+modules: nothing connects, reads a definition or starts a thread of ours (pyarrow starts its
+allocator's, which it keeps safe across ``fork``). Which processes (``EXPORT_TX_PRELOAD``):
+
+* ``auto`` (the default): a Celery worker — its machine's cores are there to run tasks.
+* ``on``: a scheduler running LocalExecutor too. Not the default: on one 2-core machine shared
+  with the api-server, 50 ``POST``s at once were answered slower with it (paired runs: server
+  side p50 147–156 ms against 93–118 ms, p99 at the clients 364–381 ms against 231–250 ms),
+  although the api-server preloads nothing; the cause is not pinned down.
+* ``off``: none.
 """
 
 from __future__ import annotations
@@ -56,30 +62,35 @@ TASK_MODULES = (
 )
 
 
-def forks_tasks(argv: Sequence[str], executors: str) -> bool:
-    """Whether the Airflow command ``argv`` (``sys.argv``) forks task processes, with ``executors``
-    the ``[core] executor`` setting: a scheduler running LocalExecutor, or a Celery worker."""
+def forks_tasks(argv: Sequence[str], executors: str, mode: str = "auto") -> bool:
+    """Whether the Airflow command ``argv`` (``sys.argv``) forks task processes that should find
+    the modules preloaded, with ``executors`` the ``[core] executor`` setting: a Celery worker; with
+    ``mode`` ``on``, a scheduler running LocalExecutor too; with ``off``, nothing."""
     command = list(argv[1:3])
+    if mode == "off":
+        return False
     if command[:1] == ["scheduler"]:
-        return any(name.strip().rsplit(".", 1)[-1].split(":")[-1] == "LocalExecutor" for name in executors.split(","))
+        local = any(name.strip().rsplit(".", 1)[-1].split(":")[-1] == "LocalExecutor" for name in executors.split(","))
+        return mode == "on" and local
     return command == ["celery", "worker"]
 
 
 def preload(argv: Sequence[str] | None = None, executors: str | None = None) -> list[str]:
-    """In a process that forks tasks (see :func:`forks_tasks`), import :data:`TASK_MODULES`;
+    """In a process that forks tasks (see :func:`forks_tasks`, ``EXPORT_TX_PRELOAD``), import :data:`TASK_MODULES`;
     returns what it imported. Never fails the process: a module that does not import is logged
     and skipped (the task imports it, or fails, itself)."""
     import sys
 
     from export_tx import config
 
-    if config.preload_mode() == "off":
+    mode = config.preload_mode()
+    if mode == "off":
         return []
     if executors is None:
         from airflow.configuration import conf
 
         executors = conf.get("core", "executor", fallback="") or ""
-    if not forks_tasks(sys.argv if argv is None else argv, executors):
+    if not forks_tasks(sys.argv if argv is None else argv, executors, mode):
         return []
     imported = []
     for name in TASK_MODULES:

@@ -1,6 +1,7 @@
-"""The processes that fork Airflow's task processes import what export tasks import, once: a
-scheduler running LocalExecutor and a Celery worker — no other process, and nothing with
-EXPORT_TX_PRELOAD=off. Each probe runs in a fresh interpreter (imports cannot be undone)."""
+"""The processes that fork Airflow's task processes import what export tasks import, once: by
+default (EXPORT_TX_PRELOAD=auto) a Celery worker; with ``on`` a scheduler running LocalExecutor too;
+no other process, and nothing with ``off``. Each probe runs in a fresh interpreter (imports cannot
+be undone)."""
 
 from __future__ import annotations
 
@@ -14,27 +15,33 @@ import pytest
 
 from export_tx.airflow.preload import TASK_MODULES, forks_tasks
 
+SCHEDULER, WORKER = ["airflow", "scheduler"], ["airflow", "celery", "worker"]
+
 
 @pytest.mark.parametrize(
-    ("argv", "executors", "expected"),
+    ("argv", "executors", "mode", "expected"),
     [
-        (["airflow", "scheduler"], "LocalExecutor", True),
-        (["airflow", "scheduler"], "airflow.executors.local_executor.LocalExecutor", True),
-        (["airflow", "scheduler"], "CeleryExecutor,LocalExecutor", True),
-        (["airflow", "scheduler"], "team_a:LocalExecutor", True),
-        (["airflow", "scheduler"], "CeleryExecutor", False),
-        (["airflow", "scheduler"], "KubernetesExecutor", False),
-        (["airflow", "celery", "worker"], "CeleryExecutor", True),
-        (["airflow", "celery", "flower"], "CeleryExecutor", False),
-        (["airflow", "api-server"], "LocalExecutor", False),
-        (["airflow", "dag-processor"], "LocalExecutor", False),
-        (["airflow", "triggerer"], "LocalExecutor", False),
-        (["airflow"], "LocalExecutor", False),
-        (["pytest"], "LocalExecutor", False),
+        (SCHEDULER, "LocalExecutor", "on", True),
+        (SCHEDULER, "airflow.executors.local_executor.LocalExecutor", "on", True),
+        (SCHEDULER, "CeleryExecutor,LocalExecutor", "on", True),
+        (SCHEDULER, "team_a:LocalExecutor", "on", True),
+        (SCHEDULER, "LocalExecutor", "auto", False),  # shares its machine's cores with the api-server
+        (SCHEDULER, "LocalExecutor", "off", False),
+        (SCHEDULER, "CeleryExecutor", "on", False),
+        (SCHEDULER, "KubernetesExecutor", "on", False),
+        (WORKER, "CeleryExecutor", "auto", True),
+        (WORKER, "CeleryExecutor", "on", True),
+        (WORKER, "CeleryExecutor", "off", False),
+        (["airflow", "celery", "flower"], "CeleryExecutor", "on", False),
+        (["airflow", "api-server"], "LocalExecutor", "on", False),
+        (["airflow", "dag-processor"], "LocalExecutor", "on", False),
+        (["airflow", "triggerer"], "LocalExecutor", "on", False),
+        (["airflow"], "LocalExecutor", "on", False),
+        (["pytest"], "LocalExecutor", "on", False),
     ],
 )
-def test_only_the_processes_that_fork_tasks_preload(argv: list[str], executors: str, expected: bool) -> None:
-    assert forks_tasks(argv, executors) is expected
+def test_only_the_processes_that_fork_tasks_preload(argv: list[str], executors: str, mode: str, expected: bool) -> None:
+    assert forks_tasks(argv, executors, mode) is expected
 
 
 PROBE = """
@@ -69,10 +76,13 @@ def _probe(argv: list[str], tmp_path: Path, preload: str | None = None) -> dict[
     return result
 
 
-def test_a_scheduler_preloads_and_the_tasks_it_forks_use_what_it_imported(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("argv", "preload"), [(SCHEDULER, "on"), (WORKER, None)])
+def test_a_forking_process_preloads_and_the_tasks_it_forks_use_what_it_imported(
+    argv: list[str], preload: str | None, tmp_path: Path
+) -> None:
     import pyarrow.parquet as pq
 
-    found = _probe(["airflow", "scheduler"], tmp_path)
+    found = _probe(argv, tmp_path, preload)
     assert found["imported"] == list(TASK_MODULES)  # every module, this install has them all
     assert found["pyarrow"] is True and found["pipeline"] is True
     assert found["threads"] == 1  # no Python thread started before the fork
@@ -81,8 +91,11 @@ def test_a_scheduler_preloads_and_the_tasks_it_forks_use_what_it_imported(tmp_pa
     assert written.num_rows == 50_000 and written.column("n").to_pylist() == list(range(50_000, 100_000))
 
 
-@pytest.mark.parametrize(("argv", "preload"), [(["airflow", "api-server"], None), (["airflow", "scheduler"], "off")])
-def test_nothing_is_preloaded_elsewhere_or_when_turned_off(
+@pytest.mark.parametrize(
+    ("argv", "preload"),
+    [(["airflow", "api-server"], "on"), (SCHEDULER, None), (SCHEDULER, "off"), (WORKER, "off")],
+)
+def test_nothing_is_preloaded_elsewhere_by_default_or_when_turned_off(
     argv: list[str], preload: str | None, tmp_path: Path
 ) -> None:
     found = _probe(argv, tmp_path, preload)
