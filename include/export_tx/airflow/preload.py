@@ -16,9 +16,10 @@ allocator's, which it keeps safe across ``fork``). Which processes (``EXPORT_TX_
 
 * ``auto`` (the default): a Celery worker — its machine's cores are there to run tasks.
 * ``on``: a scheduler running LocalExecutor too. Not the default: on one 2-core machine shared
-  with the api-server, 50 ``POST``s at once were answered slower with it (paired runs: server
-  side p50 147–156 ms against 93–118 ms, p99 at the clients 364–381 ms against 231–250 ms),
-  although the api-server preloads nothing; the cause is not pinned down.
+  with the api-server, 50 ``POST``s at once were answered slower with it (interleaved runs of
+  the benchmark's API load: server side p50 147–156 ms against 93–118 ms, p99 at the clients
+  364–381 ms against 231–250 ms), although the api-server preloads nothing; the cause is not
+  pinned down.
 * ``off``: none.
 """
 
