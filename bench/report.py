@@ -154,7 +154,9 @@ def product_lines(run: SizeRun) -> list[str]:
     load = d.get("api_load")
     if load:
         post, status = load["post"], load["status"]
-        lines.append(f"API load{disturbed(load)}: {load['model']}")
+        workers = load.get("api_workers")
+        served_by = f" (one api-server, {workers} worker processes)" if workers else ""
+        lines.append(f"API load{disturbed(load)}{served_by}: {load['model']}")
         lines.append(f"POST /exports/v1/transactions: n={post['n']} p50 {post['p50_ms']:.1f} ms, "
                      f"p99 {post['p99_ms']:.1f} ms, max {post['max_ms']:.1f} ms")  # fmt: skip
         lines.append(f"GET /exports/v1/transactions/{{id}}: n={status['n']} over {status['duration_s']:.0f} s "

@@ -57,6 +57,9 @@ class AirflowStack:
     port: int = 8080
     extra_env: Mapping[str, str] = field(default_factory=dict)
     repo: Path = REPO
+    #: api-server worker processes (``[api] workers``): one for the demo and the tests; the
+    #: benchmark runs one per core, as the README advises.
+    api_workers: int = 1
     #: Celery workers that ``start()`` starts too (CeleryExecutor only), e.g. ``("w1", "w2")``.
     workers: Sequence[str] = ()
     _worker_procs: dict[str, subprocess.Popen[bytes]] = field(
@@ -109,7 +112,7 @@ class AirflowStack:
                 "AIRFLOW__API__PORT": str(self.port),
                 "AIRFLOW__API__HOST": "127.0.0.1",
                 "AIRFLOW__API__BASE_URL": f"http://localhost:{self.port}",
-                "AIRFLOW__API__WORKERS": "1",
+                "AIRFLOW__API__WORKERS": str(self.api_workers),
                 "AIRFLOW__API_AUTH__JWT_SECRET": self._jwt_secret(),
                 "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
