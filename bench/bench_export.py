@@ -149,7 +149,8 @@ def run_contender(kind: str, source: Source, run: SizeRun, args: argparse.Namesp
     load = os.getloadavg()[0]
     if kind == "product":
         # The ~10k-row export and the API load run on one stack (the size nearest 1M): minutes saved.
-        options = ProductOptions(free_port(args.port), args.batch_size, args.api_exports if small else 0, small)
+        options = ProductOptions(free_port(args.port), args.batch_size, args.api_exports if small else 0, small,
+                                 args.databases, args.api_workers)  # fmt: skip
         result = run_product(source, options)
     else:
         result = run_baseline(kind, source.dsn, source.rows)
@@ -232,6 +233,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="seconds to wait, before each contender, for other Airflow processes to end")  # fmt: skip
     parser.add_argument("--api-exports", type=int, default=int(os.environ.get("BENCH_API_EXPORTS") or API_EXPORTS),
                         help="exports requested at once, then polled, on each product stack (0: skip)")  # fmt: skip
+    parser.add_argument("--databases", choices=("sqlite", "postgresql"),
+                        default=os.environ.get("BENCH_DATABASES") or "sqlite",
+                        help="where the product's Airflow metadata and header store live (default: sqlite, "
+                             "the embedded default; postgresql: production's, on the source's server)")  # fmt: skip
+    parser.add_argument("--api-workers", type=int, default=int(os.environ.get("BENCH_API_WORKERS") or 1),
+                        help="the product's api-server worker processes ([api] workers; default 1)")  # fmt: skip
     parser.add_argument("--no-readme", action="store_true", help="leave README.md's bench block as it is")
     parser.add_argument("--baseline", choices=BASELINES, help=argparse.SUPPRESS)
     parser.add_argument("--dsn", help=argparse.SUPPRESS)

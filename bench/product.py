@@ -9,19 +9,21 @@ source holds for its parameters.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+
+from psycopg import sql
 
 from bench.api_load import Fleet, Poll, one_after_another, seconds_summary
 from bench.baselines import DEFINITION, SOURCE_TABLE
@@ -49,8 +51,6 @@ REFERENCE_POLLERS = 5
 CLIENT_PROCESSES = 10
 #: Requests of one client alone after the load, for the quiet machine's latency.
 QUIET_REQUESTS = 200
-#: api-server worker processes: one per core, as the README advises ("Running it fast").
-API_WORKERS = os.cpu_count() or 1
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED"})
 LOAD_MODEL = (
     "POST: {n} exports (one day of orders each) requested at once by {n} clients (threads of {p} "
@@ -74,12 +74,45 @@ class ProductOptions:
     batch_size: int | None
     api_exports: int
     small_export: bool
+    #: Where Airflow's metadata and the header store live: "sqlite" (the embedded default, files
+    #: in the stack's folder) or "postgresql" (production's: fresh databases on the source's server).
+    databases: str = "sqlite"
+    #: api-server worker processes (``[api] workers``; see the README's "Running it fast").
+    api_workers: int = 1
+
+
+@contextmanager
+def fresh_databases(server_dsn: str, names: Sequence[str]) -> Iterator[list[str]]:
+    """New, empty databases on ``server_dsn``'s server (dropped afterwards): their DSNs."""
+    import psycopg
+
+    base = server_dsn.rsplit("/", 1)[0]
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+        for name in names:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield [f"{base}/{name}" for name in names]
+    finally:
+        with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+            for name in names:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 # -- the whole stack's life ------------------------------------------------------------------
 
 
 def run_product(source: Source, options: ProductOptions) -> Result:
+    if options.databases == "sqlite":
+        return _run_product(source, options, {})
+    with fresh_databases(source.dsn, ["export_tx_bench_meta", "export_tx_bench_store"]) as (meta, store):
+        return _run_product(source, options, {
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql+psycopg2://" + meta.split("://", 1)[1],
+            "EXPORT_TX_STORE_URL": "postgresql+psycopg://" + store.split("://", 1)[1],
+        })  # fmt: skip
+
+
+def _run_product(source: Source, options: ProductOptions, databases: dict[str, str]) -> Result:
     import httpx
     import sqlalchemy as sa
 
@@ -87,13 +120,14 @@ def run_product(source: Source, options: ProductOptions) -> Result:
     from export_tx.store import HeaderStore
 
     home = Path(tempfile.mkdtemp(prefix=f"bench-export-airflow-{source.rows}-"))
-    store_url = f"sqlite:///{home}/store.db"
-    stack = AirflowStack(home, port=options.port, api_workers=API_WORKERS, extra_env={
+    store_url = databases.get("EXPORT_TX_STORE_URL") or f"sqlite:///{home}/store.db"
+    stack = AirflowStack(home, port=options.port, api_workers=options.api_workers, extra_env={
         "AIRFLOW_CONN_EXPORT_SOURCE_PG": source.dsn,
         "EXPORT_TX_STORE_URL": store_url,
         "EXPORT_TX_STORAGE_URI": f"file://{home}/exports",
         # Housekeeping's first run would start with the stack, inside the timed export.
         "EXPORT_TX_HOUSEKEEPING_SCHEDULE": "none",
+        **databases,
     })  # fmt: skip
     sampler: StackSampler | None = None
     succeeded = False
@@ -108,8 +142,10 @@ def run_product(source: Source, options: ProductOptions) -> Result:
         note(f"ready in {time.perf_counter() - t0:.1f} s")
         sampler = StackSampler(leaders)
         store = HeaderStore(store_url)
-        warm_up(stack, store, source)
+        store.ensure_schema()
+        warm_up(stack, store, source, options.api_workers)
         result = big_export(stack, store, sampler, source, options.batch_size)
+        result.details.update({"databases": options.databases, "api_workers": options.api_workers})
         if options.small_export:
             step(f"a ~{SMALL_EXPORT_ROWS:,}-row export, {SMALL_EXPORT_RUNS} times: POST → SUCCEEDED")
             result.details["small_export"] = watched(stack, lambda: small_exports(stack, store, source))
@@ -144,7 +180,7 @@ def watched(stack: Any, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]
 # -- the big export --------------------------------------------------------------------------
 
 
-def warm_up(stack: Any, store: Any, source: Source) -> None:
+def warm_up(stack: Any, store: Any, source: Source, api_workers: int) -> None:
     """One small export, untimed, before anything is timed: a deployment serves exports all day,
     and the first task a fresh scheduler runs pays one-time costs (its executor's first worker,
     first DAG deserialisations; about 3 s here) that no later export pays."""
@@ -163,10 +199,10 @@ def warm_up(stack: Any, store: Any, source: Source) -> None:
         header, wall = wait_header(client, store, run_id, started)
     check_header(header, rows, "the warm-up export")
     note(f"{wall:.2f} s")
-    warm_api_workers(stack)
+    warm_api_workers(stack, api_workers)
 
 
-def warm_api_workers(stack: Any, timeout: float = 120.0) -> None:
+def warm_api_workers(stack: Any, count: int, timeout: float = 120.0) -> None:
     """Every api-server worker process answers ``/exports`` before anything is timed: each starts
     its run maker (a child process, ~2 s of CPU) at its first ``/exports`` request, which a
     deployment serving exports all day has long done. Requests at once, from fresh connections,
@@ -185,12 +221,12 @@ def warm_api_workers(stack: Any, timeout: float = 120.0) -> None:
         auth = {"Authorization": analyst.headers["Authorization"]}
     deadline = time.monotonic() + timeout
     while True:
-        workers = spawned(leader) if API_WORKERS > 1 else [leader]
-        if len(workers) >= API_WORKERS and all(spawned(w) for w in workers):
+        workers = spawned(leader) if count > 1 else [leader]
+        if len(workers) >= count and all(spawned(w) for w in workers):
             return
         if time.monotonic() > deadline:
             raise BenchError(f"not every api-server worker started its run maker within {timeout:.0f} s")
-        calls = 8 * API_WORKERS
+        calls = 8 * count
         answers = run_concurrently(lambda: httpx.Client(base_url=stack.base_url, headers=auth, timeout=60),
                                    lambda c, _: c.get("/exports/v1/me"), range(calls), calls)  # fmt: skip
         if any(a.answer.status_code != 200 for a in answers):
@@ -432,7 +468,6 @@ def run_api_load(stack: Any, store: Any, source: Source, exports: int) -> dict[s
     running = [p for p in polls if p.state not in TERMINAL_STATES]
     return {
         "exports": exports,
-        "api_workers": API_WORKERS,
         "model": LOAD_MODEL.format(n=exports, p=CLIENT_PROCESSES),
         "rows_each": expected,
         "post": {**seconds_summary([a.seconds for a in posted]), "threads": exports, "processes": CLIENT_PROCESSES},

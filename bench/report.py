@@ -135,8 +135,9 @@ def product_lines(run: SizeRun) -> list[str]:
     lines = [f"product: {d['batches']} batch{'es' if d['batches'] != 1 else ''} (batch_size {d['batch_size_used']:,}"
              f"{', requested' if d.get('batch_size_requested') else ', chosen by the product'}); peak RSS is the sum "
              f"over all stack processes, each counting the pages it shares with the process it was forked from "
-             f"(the executor's workers share the scheduler's preloaded modules; idle before the trigger: "
-             f"{mb(d['idle_stack_rss_bytes'])} MB)."]  # fmt: skip
+             f"(idle before the trigger: {mb(d['idle_stack_rss_bytes'])} MB). Stack: LocalExecutor, Airflow's "
+             f"metadata and the header store on {d.get('databases', 'sqlite')}, {d.get('api_workers', 1)} "
+             f"api-server worker{'s' if d.get('api_workers', 1) != 1 else ''}."]  # fmt: skip
     merge, batch, rows = d.get("merge_peak_rss_bytes"), d.get("batch_peak_rss_bytes"), d.get("batch_peak_rows") or 0
     per_100k, above = d.get("batch_peak_rss_per_100k_rows_bytes"), d.get("batch_above_floor_per_100k_rows_bytes")
     lines.append(f"task peak RSS: merge {mb(merge)} MB ({d.get('merge_peak_how') or '-'}); "
@@ -154,9 +155,7 @@ def product_lines(run: SizeRun) -> list[str]:
     load = d.get("api_load")
     if load:
         post, status = load["post"], load["status"]
-        workers = load.get("api_workers")
-        served_by = f" (one api-server, {workers} worker processes)" if workers else ""
-        lines.append(f"API load{disturbed(load)}{served_by}: {load['model']}")
+        lines.append(f"API load{disturbed(load)}: {load['model']}")
         lines.append(f"POST /exports/v1/transactions: n={post['n']} p50 {post['p50_ms']:.1f} ms, "
                      f"p99 {post['p99_ms']:.1f} ms, max {post['max_ms']:.1f} ms")  # fmt: skip
         lines.append(f"GET /exports/v1/transactions/{{id}}: n={status['n']} over {status['duration_s']:.0f} s "

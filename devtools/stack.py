@@ -57,8 +57,8 @@ class AirflowStack:
     port: int = 8080
     extra_env: Mapping[str, str] = field(default_factory=dict)
     repo: Path = REPO
-    #: api-server worker processes (``[api] workers``): one for the demo and the tests; the
-    #: benchmark runs one per core, as the README advises.
+    #: api-server worker processes (``[api] workers``): one for the demo, the tests and the
+    #: benchmark unless its ``--api-workers`` says otherwise (README: "Running it fast").
     api_workers: int = 1
     #: Celery workers that ``start()`` starts too (CeleryExecutor only), e.g. ``("w1", "w2")``.
     workers: Sequence[str] = ()
