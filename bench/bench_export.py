@@ -242,7 +242,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-readme", action="store_true", help="leave README.md's bench block as it is")
     parser.add_argument("--baseline", choices=BASELINES, help=argparse.SUPPRESS)
     parser.add_argument("--dsn", help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.api_workers < 1:
+        parser.error("--api-workers: at least 1")
+    return args
 
 
 def parse_list(text: str, what: str, allowed: tuple[str, ...] | None = None) -> list[str]:
