@@ -15,15 +15,12 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
-
-from psycopg import sql
 
 from bench.api_load import Fleet, Poll, one_after_another, seconds_summary
 from bench.baselines import DEFINITION, SOURCE_TABLE
@@ -81,31 +78,18 @@ class ProductOptions:
     api_workers: int = 1
 
 
-@contextmanager
-def fresh_databases(server_dsn: str, names: Sequence[str]) -> Iterator[list[str]]:
-    """New, empty databases on ``server_dsn``'s server (dropped afterwards): their DSNs."""
-    import psycopg
-
-    base = server_dsn.rsplit("/", 1)[0]
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-        for name in names:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield [f"{base}/{name}" for name in names]
-    finally:
-        with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-            for name in names:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
 # -- the whole stack's life ------------------------------------------------------------------
 
 
 def run_product(source: Source, options: ProductOptions) -> Result:
     if options.databases == "sqlite":
         return _run_product(source, options, {})
-    with fresh_databases(source.dsn, ["export_tx_bench_meta", "export_tx_bench_store"]) as (meta, store):
+    from devtools.databases import fresh_database
+
+    with (
+        fresh_database(source.dsn, "export_tx_bench_meta") as meta,
+        fresh_database(source.dsn, "export_tx_bench_store") as store,
+    ):
         return _run_product(source, options, {
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql+psycopg2://" + meta.split("://", 1)[1],
             "EXPORT_TX_STORE_URL": "postgresql+psycopg://" + store.split("://", 1)[1],

@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,17 +71,10 @@ def demo_db(session_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def pg_database() -> Iterator[str]:
     """A fresh database on the machine's real PostgreSQL, dropped after the session."""
-    import psycopg
+    from devtools.databases import fresh_database
 
-    name = f"export_tx_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    dsn = PG_ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
-    try:
+    with fresh_database(PG_ADMIN_DSN, "export_tx_test") as dsn:
         yield dsn
-    finally:
-        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")

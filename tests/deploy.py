@@ -30,16 +30,10 @@ from tests.smtp import free_port
 @contextmanager
 def fresh_database(prefix: str) -> Iterator[str]:
     """A new database on the machine's PostgreSQL (dropped afterwards); yields its DSN."""
-    import psycopg
+    from devtools.databases import fresh_database as on_server
 
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield PG_ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with on_server(PG_ADMIN_DSN, prefix) as dsn:
+        yield dsn
 
 
 #: Every row of the export as the product must write it (e-mail masked), as one text per row,
