@@ -70,8 +70,14 @@ def test_a_waiting_export_shows_its_place_in_the_line(
             row.locator(".standing.queue", has_text=f"queued: {cli.queue_text(queue)}").wait_for(timeout=30_000)
             assert row.locator(".pct").inner_text() == "0% (queued)"
         row.locator("button.details").click()
+        # The click re-reads the list; on a loaded machine that takes a while (the page's own status
+        # line says when it last loaded, or why it could not).
         fact = page.locator(f'tr[data-details="{ids[1]}"] dd[data-fact="Place in queue"]')
-        fact.wait_for(timeout=10_000)
+        try:
+            row.locator("button.details", has_text="Hide").wait_for(timeout=30_000)
+            fact.wait_for(timeout=30_000)
+        except Exception as exc:
+            raise AssertionError(f"no place in queue; the page says: {page.locator('#status').inner_text()}") from exc
         assert fact.inner_text().startswith(cli.queue_text(queue) + " to start")
         page.screenshot(path=artifact(session_dir, "exports-queued.png"))
         for tx in ids:  # not needed any more: cancelled while still waiting

@@ -40,7 +40,7 @@ class NotifyRequesterOperator(EmailOperator):
         if header.state.value != "SUCCEEDED":
             raise AirflowSkipException(f"the export is {header.state.value}")
         if header.downloaded_at is not None and not truthy(self.resend):
-            skip_downloaded(store, header)
+            skip_downloaded(store, header.id)
         self.to = [a.strip() for a in (header.notify_email or "").split(",") if a.strip()]
         self.subject, self.html_content = ready_email(header)
         self.from_email = self.from_email or mail_from()

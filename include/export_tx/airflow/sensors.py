@@ -15,13 +15,17 @@ from export_tx.notifications.email import SMTP_CONN_ID, smtp_configured
 from export_tx.states import NotificationState
 from export_tx.store import Header, HeaderStore, utcnow
 
+#: The one message for a skipped e-mail, whichever saw the download: the trigger's event (the
+#: usual way), a later try's check (a try that failed after the event) or the e-mail task itself.
+SKIPPED_DOWNLOADED = "e-mail not sent: the file was downloaded before it went out"
 
-def skip_downloaded(store: HeaderStore, header: Header) -> NoReturn:
+
+def skip_downloaded(store: HeaderStore, tx_id: str) -> NoReturn:
     """The file was downloaded before the e-mail went out: record it and skip sending."""
     from airflow.sdk.exceptions import AirflowSkipException
 
-    record(store, header.id, NotificationState.SKIPPED_DOWNLOADED, "e-mail not sent: the file was already downloaded")
-    raise AirflowSkipException("already downloaded")
+    record(store, tx_id, NotificationState.SKIPPED_DOWNLOADED, SKIPPED_DOWNLOADED)
+    raise AirflowSkipException("the file was downloaded before the e-mail went out")
 
 
 def truthy(value: Any) -> bool:
@@ -72,7 +76,7 @@ class WaitForDownloadOrDelaySensor(BaseSensorOperator):
         if truthy(self.resend):
             return store, header, utcnow()  # asked for again: no wait, downloaded or not
         if header.downloaded_at is not None:
-            skip_downloaded(store, header)
+            skip_downloaded(store, header.id)
         deadline = (header.finished_at or utcnow()) + timedelta(minutes=header.notify_delay_minutes)
         return store, header, deadline
 
@@ -97,9 +101,5 @@ class WaitForDownloadOrDelaySensor(BaseSensorOperator):
         )
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> None:
-        from airflow.sdk.exceptions import AirflowSkipException
-
         if event and event.get("downloaded"):
-            record(HeaderStore.from_settings(), self.tx_id, NotificationState.SKIPPED_DOWNLOADED,
-                   "e-mail not sent: the file was downloaded during the delay")  # fmt: skip
-            raise AirflowSkipException("downloaded during the delay")
+            skip_downloaded(HeaderStore.from_settings(), self.tx_id)
