@@ -43,6 +43,9 @@ DEMO_REQUESTER = "analyst"
 #: below that, on every token it checks).
 JWT_SECRET_MIN_BYTES = 64
 
+#: How long :meth:`AirflowStack.stop` lets the triggerer outlive the other components.
+TRIGGERER_GRACE_S = 2.0
+
 # Airflow's [database] sql_alchemy_connect_args for the embedded SQLite metadata database.
 SQLITE_CONNECT_ARGS: dict[str, Any] = {"timeout": 30}
 
@@ -198,11 +201,19 @@ class AirflowStack:
         for pid in [*pids.values(), *workers.values()]:
             _signal_group(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
+        others_gone: float | None = None
         while time.monotonic() < deadline and (
             any(_group_alive(p) for p in pids.values())
             or any(self.worker_processes(n) for n in workers)
             or self._marked_processes()
         ):
+            # Airflow's triggerer gives its trigger runner 10 s to clean up its triggers before it
+            # escalates; with the whole stack going there is nothing left to hand them to.
+            alive = [name for name, p in pids.items() if _group_alive(p)]
+            if alive == ["triggerer"] and not any(self.worker_processes(n) for n in workers):
+                others_gone = others_gone or time.monotonic()
+                if time.monotonic() - others_gone > TRIGGERER_GRACE_S:
+                    _signal_group(pids["triggerer"], signal.SIGKILL)
             time.sleep(0.3)
         for pid in pids.values():
             _signal_group(pid, signal.SIGKILL)
