@@ -16,7 +16,7 @@ costs there), ``GET /exports/v1/me`` (the product's authentication and nothing e
 ``GET /exports/v1/transactions/{id}`` and ``POST /exports/v1/transactions`` (each a new export:
 one day of orders, ``force``; its run is created by the run maker, whose CPU per run is reported).
 
-    .venv/bin/python -m bench.api_cost [--concurrency 50] [--bursts 5] [--rows 1000000]
+    .venv/bin/python -m bench.api_cost [--concurrency 50] [--bursts 5] [--routes version,me,status,post]
 
 Results: printed, and ``bench/results/api_cost.json``.
 """
@@ -48,7 +48,11 @@ def _cpu_seconds(proc: Any) -> float:
     return float(times.user + times.system)
 
 
-def measure(rows: int, concurrency: int, bursts: int, port: int) -> dict[str, Any]:
+#: The routes measured, by the name ``--routes`` takes.
+ROUTES = ("version", "me", "status", "post")
+
+
+def measure(rows: int, concurrency: int, bursts: int, port: int, only: tuple[str, ...] = ROUTES) -> dict[str, Any]:
     import httpx
     import psutil
 
@@ -98,12 +102,14 @@ def measure(rows: int, concurrency: int, bursts: int, port: int) -> dict[str, An
                 raise BenchError(f"the first request was refused: {first.status_code} {first.text[:200]}")
         api = psutil.Process(stack.running_pids()["api-server"])
         makers = [c for c in api.children() if any("spawn_main" in part for part in c.cmdline())]
-        routes: list[tuple[str, str, str]] = [
-            ("GET /api/v2/version (Airflow's own)", "GET", "/api/v2/version"),
-            ("GET /exports/v1/me (authentication only)", "GET", "/exports/v1/me"),
-            ("GET /exports/v1/transactions/{id} (status)", "GET", f"/exports/v1/transactions/{first.json()['id']}"),
-            ("POST /exports/v1/transactions (a new export)", "POST", "/exports/v1/transactions"),
-        ]
+        every: dict[str, tuple[str, str, str]] = {
+            "version": ("GET /api/v2/version (Airflow's own)", "GET", "/api/v2/version"),
+            "me": ("GET /exports/v1/me (authentication only)", "GET", "/exports/v1/me"),
+            "status": ("GET /exports/v1/transactions/{id} (status)", "GET",
+                       f"/exports/v1/transactions/{first.json()['id']}"),
+            "post": ("POST /exports/v1/transactions (a new export)", "POST", "/exports/v1/transactions"),
+        }  # fmt: skip
+        routes = [every[name] for name in only]
         results = []
         for label, method, path in routes:
             step(f"{label}: {bursts} bursts of {concurrency} at once")
@@ -160,10 +166,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bursts", type=int, default=5)
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the benchmark's source table")
     parser.add_argument("--port", type=int, default=18170)
+    parser.add_argument("--routes", default=",".join(ROUTES), help=f"comma-separated subset of {','.join(ROUTES)}")
     args = parser.parse_args(argv)
     if args.concurrency < 1 or args.bursts < 1:
         parser.error("--concurrency and --bursts: at least 1")
-    found = measure(args.rows, args.concurrency, args.bursts, args.port)
+    only = tuple(r.strip() for r in args.routes.split(",") if r.strip())
+    if not only or any(r not in ROUTES for r in only):
+        parser.error(f"--routes: a comma-separated subset of {','.join(ROUTES)}")
+    found = measure(args.rows, args.concurrency, args.bursts, args.port, only)
     print("\n".join(table(found)))
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(found, indent=2) + "\n")

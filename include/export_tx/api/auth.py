@@ -17,6 +17,8 @@ instead: :func:`may_use_exports` asks the auth manager for that resource.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from functools import cache
 from typing import Any
 
@@ -41,6 +43,41 @@ def _all_admins() -> bool:
     from airflow.configuration import conf
 
     return conf.getboolean("core", "simple_auth_manager_all_admins", fallback=False)
+
+
+#: How often :func:`token_revoked` lets Airflow's own check run, which also deletes the revoked
+#: tokens that have expired (Airflow does that at most once per token lifetime anyway).
+AIRFLOW_REVOCATION_CHECK_SECONDS = 60.0
+_revocation = {"airflow_checked_at": float("-inf")}
+_revocation_lock = threading.Lock()
+
+
+@cache
+def _revoked_query() -> Any:
+    import sqlalchemy as sa
+    from airflow.models.revoked_token import RevokedToken
+
+    return sa.select(RevokedToken.jti).where(RevokedToken.jti == sa.bindparam("jti")).limit(1)
+
+
+def token_revoked(jti: str) -> bool:
+    """Whether the token ``jti`` was revoked (its holder logged out): a row in Airflow's
+    ``revoked_token`` table, as ``RevokedToken.is_revoked`` asks, but read with one statement on
+    Airflow's engine. ``is_revoked`` opens an ORM session and commits it, ~1 ms here: a third of a
+    status read. Airflow's own check still runs once every
+    :data:`AIRFLOW_REVOCATION_CHECK_SECONDS`, for its clean-up of expired entries."""
+    from airflow import settings
+    from airflow.models.revoked_token import RevokedToken
+
+    now = time.monotonic()
+    with _revocation_lock:
+        airflow_turn = now - _revocation["airflow_checked_at"] >= AIRFLOW_REVOCATION_CHECK_SECONDS
+        if airflow_turn:
+            _revocation["airflow_checked_at"] = now
+    if airflow_turn or settings.engine is None:
+        return bool(RevokedToken.is_revoked(jti))
+    with settings.engine.connect() as conn:
+        return conn.execute(_revoked_query(), {"jti": jti}).first() is not None
 
 
 def _role(user: Any) -> str | None:
@@ -79,7 +116,6 @@ class ExportsAuthManager(SimpleAuthManager):
         api-server's event loop, where every request of every client waits while one request
         waits for the database (on SQLite, for a writer's lock)."""
         import anyio.to_thread
-        from airflow.models.revoked_token import RevokedToken
         from jwt import InvalidTokenError
 
         try:
@@ -88,7 +124,7 @@ class ExportsAuthManager(SimpleAuthManager):
             log.error("JWT token is not valid: %s", e)
             raise
         jti = payload.get("jti")
-        if jti and await anyio.to_thread.run_sync(RevokedToken.is_revoked, jti):
+        if jti and await anyio.to_thread.run_sync(token_revoked, jti):
             raise InvalidTokenError("Token has been revoked")
         try:
             return self.deserialize_user(payload)

@@ -253,9 +253,9 @@ class _TextClaims:
 
 
 def test_the_revocation_lookup_runs_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
-    from airflow.models.revoked_token import RevokedToken
     from jwt import InvalidTokenError
 
+    from export_tx.api import auth
     from export_tx.api.auth import ExportsAuthManager
 
     looked_up: list[tuple[str, int]] = []
@@ -265,7 +265,7 @@ def test_the_revocation_lookup_runs_off_the_event_loop(monkeypatch: pytest.Monke
         return jti == "revoked"
 
     monkeypatch.setattr(ExportsAuthManager, "_get_token_validator", classmethod(lambda cls: _TextClaims()))
-    monkeypatch.setattr(RevokedToken, "is_revoked", is_revoked)
+    monkeypatch.setattr(auth, "token_revoked", is_revoked)
     manager = ExportsAuthManager()
 
     async def check(token: str) -> Any:
@@ -279,6 +279,36 @@ def test_the_revocation_lookup_runs_off_the_event_loop(monkeypatch: pytest.Monke
         asyncio.run(check("bad"))
     assert [j for j, _ in looked_up] == ["fine", "revoked"]
     assert all(thread != threading.get_ident() for _, thread in looked_up)
+
+
+def test_the_revocation_lookup_answers_as_airflow_does(airflow_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Against Airflow's own metadata database: a token revoked with Airflow's ``RevokedToken.revoke``
+    (a logout) is revoked for :func:`token_revoked` on both of its paths (its one statement, and
+    Airflow's own check once a minute), and a token never revoked is not."""
+    from datetime import timedelta
+
+    from airflow.models.revoked_token import RevokedToken
+
+    from export_tx.api import auth
+    from export_tx.store import utcnow
+
+    revoked, fine = f"jti-{uuid.uuid4().hex}", f"jti-{uuid.uuid4().hex}"
+    RevokedToken.revoke(revoked, utcnow() + timedelta(hours=1))
+    airflow_calls: list[str] = []
+    airflows_own = RevokedToken.is_revoked
+
+    def counted(jti: str) -> bool:
+        airflow_calls.append(jti)
+        return bool(airflows_own(jti))
+
+    monkeypatch.setattr(RevokedToken, "is_revoked", counted)
+    monkeypatch.setitem(auth._revocation, "airflow_checked_at", float("-inf"))
+    assert auth.token_revoked(revoked) is True  # Airflow's turn: the first check of the minute
+    assert auth.token_revoked(revoked) is True and auth.token_revoked(fine) is False  # the one statement
+    assert airflow_calls == [revoked]
+    monkeypatch.setitem(auth._revocation, "airflow_checked_at", float("-inf"))
+    assert auth.token_revoked(fine) is False
+    assert airflow_calls == [revoked, fine]
 
 
 class _RecordingStore(HeaderStore):
@@ -299,9 +329,9 @@ def real_tokens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, demo_db: Path) 
     with :class:`_TextClaims` tokens and a revocation list of jtis ending in "revoked"; every
     lookup noted."""
     from airflow.api_fastapi.core_api import security
-    from airflow.models.revoked_token import RevokedToken
 
     from export_tx.api import app as api
+    from export_tx.api import auth
     from export_tx.api.auth import ExportsAuthManager
 
     looked_up: list[str] = []
@@ -311,7 +341,7 @@ def real_tokens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, demo_db: Path) 
         return jti.endswith("revoked")
 
     monkeypatch.setattr(ExportsAuthManager, "_get_token_validator", classmethod(lambda cls: _TextClaims()))
-    monkeypatch.setattr(RevokedToken, "is_revoked", is_revoked)
+    monkeypatch.setattr(auth, "token_revoked", is_revoked)
     manager = ExportsAuthManager()
     monkeypatch.setattr(security, "get_auth_manager", lambda: manager)
     store = _RecordingStore(f"sqlite:///{tmp_path / 'store.db'}")
