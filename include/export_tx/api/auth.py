@@ -63,8 +63,8 @@ def _revoked_query() -> Any:
 def token_revoked(jti: str) -> bool:
     """Whether the token ``jti`` was revoked (its holder logged out): a row in Airflow's
     ``revoked_token`` table, as ``RevokedToken.is_revoked`` asks, but read with one statement on
-    Airflow's engine. ``is_revoked`` opens an ORM session and commits it, ~1 ms here: a third of a
-    status read. Airflow's own check still runs once every
+    Airflow's engine. ``is_revoked`` opens an ORM session and commits it: 280 µs of CPU against
+    57 µs on a quiet machine here, for every request that carries a token. Airflow's own check still runs once every
     :data:`AIRFLOW_REVOCATION_CHECK_SECONDS`, for its clean-up of expired entries."""
     from airflow import settings
     from airflow.models.revoked_token import RevokedToken
