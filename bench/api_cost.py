@@ -35,6 +35,7 @@ from typing import Any
 
 from bench.api_load import run_concurrently
 from bench.baselines import DEFINITION
+from bench.bench_export import parse_list, prepare_source, source_for
 from bench.common import RESULTS_DIR, BenchError, note, step
 from bench.probe import free_port
 
@@ -56,7 +57,6 @@ def measure(rows: int, concurrency: int, bursts: int, port: int, only: tuple[str
     import httpx
     import psutil
 
-    from bench.bench_export import prepare_source, source_for
     from bench.product import first_full_day, source_engine, warm_up
     from devtools.stack import AirflowStack
     from export_tx.store import HeaderStore
@@ -170,9 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.concurrency < 1 or args.bursts < 1:
         parser.error("--concurrency and --bursts: at least 1")
-    only = tuple(r.strip() for r in args.routes.split(",") if r.strip())
-    if not only or any(r not in ROUTES for r in only):
-        parser.error(f"--routes: a comma-separated subset of {','.join(ROUTES)}")
+    only = tuple(parse_list(args.routes, "routes", ROUTES))
     found = measure(args.rows, args.concurrency, args.bursts, args.port, only)
     print("\n".join(table(found)))
     RESULT.parent.mkdir(parents=True, exist_ok=True)
