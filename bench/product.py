@@ -49,6 +49,15 @@ CLIENT_PROCESSES = 10
 #: Requests of one client alone after the load, for the quiet machine's latency.
 QUIET_REQUESTS = 200
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED"})
+#: The status target's own load: this many pollers follow one export (the stack's whole table,
+#: as the big export), ``WATCHED_EXPORTS`` times one after the other; see :data:`WATCH_MODEL`.
+WATCHERS = 50
+WATCHED_EXPORTS = 3
+WATCH_MODEL = (
+    "{n} pollers (threads of {p} client processes, one client each) poll the status of one export of "
+    "all {rows:,} rows once a second each (the first poll at a random moment of the first second) until "
+    "it is terminal; {k} such exports, one after the other, each requested through POST /exports/v1/transactions"
+)
 LOAD_MODEL = (
     "POST: {n} exports (one day of orders each) requested at once by {n} clients (threads of {p} "
     "client processes). Status: right after, {n} pollers, one per transaction and one client each, poll their own "
@@ -134,6 +143,8 @@ def _run_product(source: Source, options: ProductOptions, databases: dict[str, s
             step(f"a ~{SMALL_EXPORT_ROWS:,}-row export, {SMALL_EXPORT_RUNS} times: POST → SUCCEEDED")
             result.details["small_export"] = watched(stack, lambda: small_exports(stack, store, source))
         if options.api_exports:
+            step(f"status reads: {WATCHERS} pollers on one export of {source.rows:,} rows, {WATCHED_EXPORTS} times")
+            result.details["watched_export"] = watched(stack, lambda: watch_exports(stack, store, source))
             step(f"API load: {options.api_exports} exports requested at once, then {options.api_exports} "
                  f"pollers (one a second each) while they run")  # fmt: skip
             result.details["api_load"] = watched(stack, lambda: run_api_load(stack, store, source, options.api_exports))
@@ -401,6 +412,46 @@ def small_exports(stack: Any, store: Any, source: Source) -> dict[str, Any]:
             note(f"{wall:.2f} s")
     return {"params": params, "rows": rows, "walls_s": walls, "min_s": min(walls),
             "median_s": statistics.median(walls), "source_rows": source.rows}  # fmt: skip
+
+
+# -- status reads during an export -----------------------------------------------------------
+
+
+def watch_exports(stack: Any, store: Any, source: Source) -> dict[str, Any]:
+    """See :data:`WATCH_MODEL` (the status target's load: "50 concurrent pollers during an
+    export"). Every poll must answer 200 for its transaction; every export SUCCEEDED with all rows."""
+    with stack.client("analyst") as analyst:
+        auth = {"Authorization": analyst.headers["Authorization"]}
+        fleet = Fleet(stack.base_url, auth, CLIENT_PROCESSES)
+        polls: list[Poll] = []
+        walls: list[float] = []
+        ids: list[str] = []
+        for _ in range(WATCHED_EXPORTS):
+            started = time.perf_counter()
+            answer = analyst.post(
+                "/exports/v1/transactions", json={"definition": DEFINITION, "params": {}, "force": True}
+            )
+            if answer.status_code != 202:
+                raise BenchError(f"the watched export was refused: {answer.status_code} {answer.text[:300]}")
+            tx_id = str(answer.json()["id"])
+            ids.append(tx_id)
+            found, _ = fleet.poll("/exports/v1/transactions/{}", [tx_id] * WATCHERS, terminal_states=TERMINAL_STATES,
+                                  period=POLL_PERIOD_S, at_least=0.0, timeout=PRODUCT_TIMEOUT_S)  # fmt: skip
+            header, wall = wait_header(analyst, store, tx_id, started)
+            check_header(header, source.rows, "a watched export")
+            check_polls(found)
+            polls.extend(found)
+            walls.append(round(wall, 3))
+            note(f"{wall:.2f} s, {len(found)} polls")
+    running = [p.seconds for p in polls if p.state not in TERMINAL_STATES]
+    served = server_side_durations(stack.home / "logs" / "api-server.log", ids)["status"]
+    return {
+        "model": WATCH_MODEL.format(n=WATCHERS, p=CLIENT_PROCESSES, rows=source.rows, k=WATCHED_EXPORTS),
+        "pollers": WATCHERS, "exports": WATCHED_EXPORTS, "rows": source.rows, "walls_s": walls,
+        "polls": len(polls),
+        "while_running": seconds_summary(running) if running else None,
+        "server_side": seconds_summary(served) if served else None,
+    }  # fmt: skip
 
 
 # -- the API load ----------------------------------------------------------------------------

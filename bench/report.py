@@ -152,6 +152,16 @@ def product_lines(run: SizeRun) -> list[str]:
         lines.append(f"~10k-row export ({small['rows']:,} rows, params {json.dumps(small['params'])}): "
                      f"min {small['min_s']:.2f} s, median {small['median_s']:.2f} s over "
                      f"{len(small['walls_s'])} runs (POST → SUCCEEDED){disturbed(small)}")  # fmt: skip
+    watch = d.get("watched_export")
+    if watch and watch.get("while_running"):
+        running, served = watch["while_running"], watch.get("server_side")
+        lines.append(
+            f"status reads during an export{disturbed(watch)}: {watch['model']}: walls "
+            f"{', '.join(f'{w:.2f}' for w in watch['walls_s'])} s; GET /exports/v1/transactions/{{id}}: "
+            f"n={running['n']} while it ran, p50 {running['p50_ms']:.1f} ms, p99 {running['p99_ms']:.1f} ms, "
+            f"max {running['max_ms']:.1f} ms"
+            + (f"; server side p50 {served['p50_ms']:.1f} ms, p99 {served['p99_ms']:.1f} ms" if served else "")
+        )
     load = d.get("api_load")
     if load:
         post, status = load["post"], load["status"]
@@ -275,22 +285,55 @@ def small_target(runs: list[SizeRun]) -> Target:
 
 
 def api_target(runs: list[SizeRun], which: str, limit_ms: float) -> Target:
-    label = "status (GET /transactions/{id})" if which == "status" else "POST /transactions"
+    label = (
+        "status (GET /transactions/{id}), 50 pollers during an export," if which == "status" else "POST /transactions"
+    )
     name = f"{label} p99 ≤ {limit_ms:.0f} ms"
-    found = [(r.rows, r.product["api_load"][which]["p99_ms"]) for r in runs if r.product.get("api_load")]
+    if which == "status":
+        found = [
+            (r.rows, r.product["watched_export"])
+            for r in runs
+            if (r.product.get("watched_export") or {}).get("while_running")
+        ]
+        if not found:
+            return Target(name, "not run", "NOT MEASURED")
+        text = "; ".join(f"{w['while_running']['p99_ms']:.1f} ms over {w['while_running']['n']} polls during "
+                         f"{w['exports']} exports of {rows:,} rows" for rows, w in found)  # fmt: skip
+        served = found[0][1].get("server_side")
+        if served:
+            text += f"; server side (the api-server's access log): p99 {served['p99_ms']:.1f} ms"
+        return Target(name, text, verdict(all(w["while_running"]["p99_ms"] <= limit_ms for _, w in found)))
+    found_load = [(r.rows, r.product["api_load"][which]["p99_ms"]) for r in runs if r.product.get("api_load")]
+    if not found_load:
+        return Target(name, "no API load run", "NOT MEASURED")
+    text = "; ".join(f"{p99:.1f} ms on the {rows:,}-row stack" for rows, p99 in found_load)
+    served_load = [
+        (r.product["api_load"].get("server_side") or {}).get(which) for r in runs if r.product.get("api_load")
+    ]
+    if served_load and served_load[0]:
+        text += f"; server side (the api-server's access log): p99 {served_load[0]['p99_ms']:.1f} ms"
+    return Target(name, text, verdict(all(p99 <= limit_ms for _, p99 in found_load)))
+
+
+def load_status_target(runs: list[SizeRun]) -> Target:
+    """The status reads while the 50 exports of the POST burst all run: more than the target asks
+    (fifty exports on the same cores, not one), reported beside it."""
+    name = "status p99 while the 50 exports of the POST burst run at once (beyond the target's load)"
+    found = [(r.rows, r.product["api_load"]) for r in runs if r.product.get("api_load")]
     if not found:
         return Target(name, "no API load run", "NOT MEASURED")
-    text = "; ".join(f"{p99:.1f} ms on the {rows:,}-row stack" for rows, p99 in found)
-    floors = [r.product["api_load"].get("reference") for r in runs if r.product.get("api_load")]
-    if which == "status" and floors and floors[0]:
-        ref = floors[0]
-        beside, alone = ref["beside_status"]["p99_ms"], ref["alone_after"]["status"]["p99_ms"]
-        text += (f" (Airflow's own GET {ref['path']} under the same load: p99 {beside:.1f} ms; "
-                 f"one client alone on a quiet stack: status p99 {alone:.1f} ms)")  # fmt: skip
-    served = [(r.product["api_load"].get("server_side") or {}).get(which) for r in runs if r.product.get("api_load")]
-    if served and served[0]:
-        text += f"; server side (the api-server's access log): p99 {served[0]['p99_ms']:.1f} ms"
-    return Target(name, text, verdict(all(p99 <= limit_ms for _, p99 in found)))
+    rows, load = found[0]
+    text = f"{load['status']['p99_ms']:.1f} ms on the {rows:,}-row stack"
+    ref = load.get("reference")
+    if ref:
+        text += (
+            f" (Airflow's own GET {ref['path']} under the same load: p99 {ref['beside_status']['p99_ms']:.1f} ms;"
+            f" one client alone on a quiet stack: status p99 {ref['alone_after']['status']['p99_ms']:.1f} ms)"
+        )
+    served = (load.get("server_side") or {}).get("status")
+    if served:
+        text += f"; server side: p99 {served['p99_ms']:.1f} ms"
+    return Target(name, text, "REPORTED")
 
 
 def targets(runs: list[SizeRun]) -> list[Target]:
@@ -304,6 +347,7 @@ def targets(runs: list[SizeRun]) -> list[Target]:
         batch_target(runs),
         small_target(runs),
         api_target(runs, "status", STATUS_P99_MS),
+        load_status_target(runs),
         api_target(runs, "post", POST_P99_MS),
     ]
 
