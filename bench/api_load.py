@@ -152,8 +152,8 @@ class Answered:
 _fleet: dict[str, Any] = {}
 
 
-def _join_fleet(barrier: Any, stop: Any) -> None:
-    _fleet.update(barrier=barrier, stop=stop)
+def _join_fleet(barrier: Any, stop: Any, ids: Any = None) -> None:
+    _fleet.update(barrier=barrier, stop=stop, ids=ids)
 
 
 def _client(base_url: str, headers: Mapping[str, str]) -> httpx.Client:
@@ -171,6 +171,8 @@ def _poll_part(
     period: float, at_least: float, timeout: float, stop: bool,
 ) -> list[Poll]:  # fmt: skip
     _fleet["barrier"].wait()
+    if not tx_ids:  # the parent starts the transaction once every client is ready, then names it
+        tx_ids = _fleet["ids"].get()
     return poll_each(functools.partial(_client, base_url, headers), path.format, tx_ids,
                      terminal=lambda state: not terminal_states or state in terminal_states, period=period,
                      at_least=at_least, timeout=timeout, stop=_fleet["stop"] if stop else None)  # fmt: skip
@@ -224,6 +226,27 @@ class Fleet:
                 stop.set()
             others = extra.get() if extra is not None else []
         return sorted(polls, key=lambda p: p.at), sorted(others, key=lambda p: p.at)
+
+    def follow_new(
+        self, path: str, start: Callable[[], str], pollers: int, *, terminal_states: frozenset[str], period: float,
+        timeout: float,
+    ) -> tuple[str, list[Poll]]:  # fmt: skip
+        """``pollers`` clients follow one new transaction from its start: once every client process
+        is ready, ``start()`` requests it (here) and each client polls ``path`` (``{}`` is its id)
+        until it is terminal. Returns its id and every poll, by time."""
+        shares = self._shares(range(pollers))
+        context = multiprocessing.get_context("spawn")
+        barrier = context.Barrier(len(shares) + 1)
+        ids = context.Queue()
+        with context.Pool(len(shares), initializer=_join_fleet, initargs=(barrier, None, ids)) as pool:
+            parts = [pool.apply_async(_poll_part, (self.base_url, self.headers, path, [], terminal_states, period,
+                                                   0.0, timeout, False)) for _ in shares]  # fmt: skip
+            barrier.wait(120)
+            tx_id = start()
+            for share in shares:
+                ids.put([tx_id] * len(share))
+            polls = [poll for part in parts for poll in part.get()]
+        return tx_id, sorted(polls, key=lambda p: p.at)
 
 
 def one_after_another(client: httpx.Client, path: str, times: int) -> list[float]:

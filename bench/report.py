@@ -156,8 +156,9 @@ def product_lines(run: SizeRun) -> list[str]:
     if watch and watch.get("while_running"):
         running, served = watch["while_running"], watch.get("server_side")
         lines.append(
-            f"status reads during an export{disturbed(watch)}: {watch['model']}: walls "
-            f"{', '.join(f'{w:.2f}' for w in watch['walls_s'])} s; GET /exports/v1/transactions/{{id}}: "
+            f"status reads during an export{disturbed(watch)}: {watch['model']}: each export "
+            f"{', '.join(f'{w:.2f}' for w in watch['walls_s'])} s (its header created → terminal); "
+            f"GET /exports/v1/transactions/{{id}}: "
             f"n={running['n']} while it ran, p50 {running['p50_ms']:.1f} ms, p99 {running['p99_ms']:.1f} ms, "
             f"max {running['max_ms']:.1f} ms"
             + (f"; server side p50 {served['p50_ms']:.1f} ms, p99 {served['p99_ms']:.1f} ms" if served else "")
