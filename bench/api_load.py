@@ -110,7 +110,8 @@ def poll_each(
 
     def follow(tx_id: str) -> None:
         due = random.uniform(0, period)
-        with make_client() as client:
+        client = make_client()  # made (and connected) already, or new
+        try:
             while True:
                 delay = started + due - time.perf_counter()
                 if delay > 0:
@@ -128,6 +129,8 @@ def poll_each(
                     return
                 # Late (a slow answer)? The next poll goes at once, never a burst of catch-up polls.
                 due = max(due + period, time.perf_counter() - started)
+        finally:
+            client.close()
 
     with ThreadPoolExecutor(len(tx_ids)) as pool:
         list(pool.map(follow, tx_ids))
@@ -168,14 +171,24 @@ def _post_part(base_url: str, headers: Mapping[str, str], path: str, bodies: Seq
 
 def _poll_part(
     base_url: str, headers: Mapping[str, str], path: str, tx_ids: Sequence[str], terminal_states: frozenset[str],
-    period: float, at_least: float, timeout: float, stop: bool,
+    period: float, at_least: float, timeout: float, stop: bool, pollers: int = 0,
 ) -> list[Poll]:  # fmt: skip
+    # Each poller's client is made and connected first (one GET /exports/v1/me): a poller is a
+    # client that follows its export, its connection open; its set-up is not a status read.
+    clients = [_client(base_url, headers) for _ in range(pollers or len(tx_ids))]
+    for client in clients:
+        if client.get(WARM_PATH).status_code != 200:
+            raise RuntimeError(f"GET {WARM_PATH} failed")
     _fleet["barrier"].wait()
     if not tx_ids:  # the parent starts the transaction once every client is ready, then names it
         tx_ids = _fleet["ids"].get()
-    return poll_each(functools.partial(_client, base_url, headers), path.format, tx_ids,
+    return poll_each(clients.pop, path.format, tx_ids,
                      terminal=lambda state: not terminal_states or state in terminal_states, period=period,
                      at_least=at_least, timeout=timeout, stop=_fleet["stop"] if stop else None)  # fmt: skip
+
+
+#: What each poller's client requests once, to be connected before it polls.
+WARM_PATH = "/exports/v1/me"
 
 
 class Fleet:
@@ -240,7 +253,7 @@ class Fleet:
         ids = context.Queue()
         with context.Pool(len(shares), initializer=_join_fleet, initargs=(barrier, None, ids)) as pool:
             parts = [pool.apply_async(_poll_part, (self.base_url, self.headers, path, [], terminal_states, period,
-                                                   0.0, timeout, False)) for _ in shares]  # fmt: skip
+                                                   0.0, timeout, False, len(share))) for share in shares]  # fmt: skip
             barrier.wait(120)
             tx_id = start()
             for share in shares:

@@ -54,13 +54,14 @@ TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED"})
 WATCHERS = 50
 WATCHED_EXPORTS = 3
 WATCH_MODEL = (
-    "{n} pollers (threads of {p} client processes, one client each) poll the status of one export of "
+    "{n} pollers (threads of {p} client processes, one client each, connected before) poll the status of one export of "
     "all {rows:,} rows once a second each (the first poll at a random moment of the first second) until "
     "it is terminal; {k} such exports, one after the other, each requested through POST /exports/v1/transactions"
 )
 LOAD_MODEL = (
     "POST: {n} exports (one day of orders each) requested at once by {n} clients (threads of {p} "
-    "client processes). Status: right after, {n} pollers, one per transaction and one client each, poll their own "
+    "client processes). Status: right after, {n} pollers, one per transaction and one client each (connected "
+    "before), poll their own "
     "GET /exports/v1/transactions/{{id}} once a second (the first poll at a random moment of the first "
     "second) while the {n} exports run, until their transaction is terminal and at least 20 s have passed. "
     "(The POST answers Retry-After: 5; polling every second is five times what it asks.)"
