@@ -242,13 +242,14 @@ def big_export(stack: Any, store: Any, sampler: StackSampler, source: Source, ba
     step(f"triggering {json.dumps(conf)} through the REST API")
     with stack.client("admin") as client:
         sampler.start()
-        started = time.perf_counter()
+        started, triggered_at = time.perf_counter(), time.time()
         try:
             run_id = str(stack.trigger(client, conf)["dag_run_id"])
             header, wall = wait_header(client, store, run_id, started)
         finally:
             sampler.stop()
         tis = task_instances(client, DAG_ID, run_id)
+        dag_run = client.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}").json()
         if any(proc.ti_id not in tis for proc in sampler.tasks.values()):  # tasks of other runs or DAGs
             tis = {**task_instances(client, "~", "~"), **tis}
     others_after = other_airflow_processes(set(sampler.seen) | sampler.leaders, stack.home, sampler.leaders)
@@ -272,6 +273,7 @@ def big_export(stack: Any, store: Any, sampler: StackSampler, source: Source, ba
         "idle_stack_rss_bytes": idle_total,
         "rss_samples": sampler.samples,
         "other_airflow_processes_after": others_after,
+        "first_task": first_task(triggered_at, dag_run, tis, header.created_at),
         "events": [
             {"s": round((e.at - header.created_at).total_seconds(), 3), "kind": e.kind, "message": e.message}
             for e in events
@@ -287,6 +289,31 @@ def big_export(stack: Any, store: Any, sampler: StackSampler, source: Source, ba
         ),  # fmt: skip
     }
     return Result("product", wall, int(header.result_rows), int(header.result_bytes or 0), sampler.peak_total, details)
+
+
+def first_task(
+    triggered_at: float, dag_run: dict[str, Any], tis: dict[str, dict[str, Any]], created: Any
+) -> dict[str, Any]:
+    """Where the time before the first task's work went, in seconds since the REST trigger was sent
+    (Airflow's own timestamps of the run and of its first task instance; the header's creation is
+    the first thing that task does)."""
+    from datetime import datetime
+
+    def since(stamp: Any) -> float | None:
+        if not stamp:
+            return None
+        when = stamp if isinstance(stamp, datetime) else datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+        return round(when.timestamp() - triggered_at, 3)
+
+    first = next((ti for ti in tis.values() if ti.get("task_id") == "begin_transaction"), {})
+    return {
+        "run_queued_s": since(dag_run.get("queued_at")),
+        "run_started_s": since(dag_run.get("start_date")),
+        "task_scheduled_s": since(first.get("scheduled_when")),
+        "task_queued_s": since(first.get("queued_when")),
+        "task_started_s": since(first.get("start_date")),
+        "header_created_s": since(created),
+    }
 
 
 def check_header(header: Any, expected_rows: int, what: str) -> None:

@@ -147,6 +147,20 @@ def product_lines(run: SizeRun) -> list[str]:
     timeline = phases(d.get("events", []), product.wall_s)
     if timeline:
         lines.append("timeline (from its processing log): " + ", ".join(f"{n} {t:.2f} s" for n, t in timeline))
+    first = d.get("first_task")
+    if first:
+        names = {
+            "run_queued_s": "run queued",
+            "run_started_s": "run started",
+            "task_scheduled_s": "first task scheduled",
+            "task_queued_s": "queued",
+            "task_started_s": "started",
+            "header_created_s": "header created",
+        }
+        lines.append(
+            "before the first task (s after the trigger, Airflow's timestamps): "
+            + ", ".join(f"{names[k]} {v:.2f}" for k, v in first.items() if v is not None and k in names)
+        )
     small = d.get("small_export")
     if small:
         lines.append(f"~10k-row export ({small['rows']:,} rows, params {json.dumps(small['params'])}): "
