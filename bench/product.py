@@ -193,9 +193,30 @@ def warm_up(stack: Any, store: Any, source: Source, api_workers: int) -> None:
         started = time.perf_counter()
         run_id = str(stack.trigger(client, {"definition": DEFINITION, "params": params})["dag_run_id"])
         header, wall = wait_header(client, store, run_id, started)
-    check_header(header, rows, "the warm-up export")
-    note(f"{wall:.2f} s")
+        check_header(header, rows, "the warm-up export")
+        note(f"{wall:.2f} s")
+        wait_idle(client, run_id)
     warm_api_workers(stack, api_workers)
+
+
+#: Task instance states in which a task holds a slot or is about to (deferred ones wait in the triggerer).
+BUSY_STATES = ("scheduled", "queued", "running", "restarting", "up_for_retry", "up_for_reschedule")
+
+
+def wait_idle(client: Any, run_id: str, timeout: float = 120.0) -> None:
+    """Until the warm-up's run has ended and no task of any run holds or waits for a slot: an
+    export's header is SUCCEEDED before its run's last tasks (finalize, the notification's
+    request) have run, and those would otherwise start beside the timed export."""
+    deadline = time.monotonic() + timeout
+    while True:
+        run = client.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}").json()
+        busy = client.get("/api/v2/dags/~/dagRuns/~/taskInstances",
+                          params={"state": list(BUSY_STATES), "limit": 1}).json()  # fmt: skip
+        if run.get("state") in ("success", "failed") and busy.get("total_entries", 1) == 0:
+            return
+        if time.monotonic() > deadline:
+            raise BenchError(f"the stack was not idle {timeout:.0f} s after the warm-up (run {run.get('state')})")
+        time.sleep(0.2)
 
 
 def warm_api_workers(stack: Any, count: int, timeout: float = 120.0) -> None:
@@ -305,7 +326,8 @@ def first_task(
         when = stamp if isinstance(stamp, datetime) else datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
         return round(when.timestamp() - triggered_at, 3)
 
-    first = next((ti for ti in tis.values() if ti.get("task_id") == "begin_transaction"), {})
+    ours = [ti for ti in tis.values() if ti.get("dag_run_id") == dag_run.get("dag_run_id")]
+    first = next((ti for ti in ours if ti.get("task_id") == "begin_transaction"), {})
     return {
         "run_queued_s": since(dag_run.get("queued_at")),
         "run_started_s": since(dag_run.get("start_date")),
