@@ -228,7 +228,7 @@ def _poll_part(
             raise RuntimeError(f"GET {WARM_PATH} failed")
     _fleet["barrier"].wait()
     if not tx_ids:  # the parent starts the transaction once every client is ready, then names it
-        tx_ids = _fleet["ids"].get()
+        tx_ids = [_fleet["ids"].get()] * len(clients)
     return poll_each(clients.pop, path.format, tx_ids,
                      terminal=lambda state: not terminal_states or state in terminal_states, period=period,
                      at_least=at_least, timeout=timeout, stop=_fleet["stop"] if stop else None)  # fmt: skip
@@ -303,8 +303,8 @@ class Fleet:
                                                    0.0, timeout, False, len(share))) for share in shares]  # fmt: skip
             barrier.wait(120)
             tx_id = start()
-            for share in shares:
-                ids.put([tx_id] * len(share))
+            for _ in shares:
+                ids.put(tx_id)
             polls = [poll for part in parts for poll in part.get()]
         return tx_id, sorted(polls, key=lambda p: p.at)
 

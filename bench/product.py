@@ -204,9 +204,9 @@ BUSY_STATES = ("scheduled", "queued", "running", "restarting", "up_for_retry", "
 
 
 def wait_idle(client: Any, run_id: str, timeout: float = 120.0) -> None:
-    """Until the warm-up's run has ended and no task of any run holds or waits for a slot: an
-    export's header is SUCCEEDED before its run's last tasks (finalize, the notification's
-    request) have run, and those would otherwise start beside the timed export."""
+    """Until ``run_id`` has ended and no task of any run holds or waits for a slot: an export's
+    header is SUCCEEDED before its run's last tasks (finalize, the notification's request) have
+    run, and those would otherwise start beside the next timed export."""
     deadline = time.monotonic() + timeout
     while True:
         run = client.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}").json()
@@ -215,7 +215,7 @@ def wait_idle(client: Any, run_id: str, timeout: float = 120.0) -> None:
         if run.get("state") in ("success", "failed") and busy.get("total_entries", 1) == 0:
             return
         if time.monotonic() > deadline:
-            raise BenchError(f"the stack was not idle {timeout:.0f} s after the warm-up (run {run.get('state')})")
+            raise BenchError(f"the stack was not idle {timeout:.0f} s after {run_id} (its run {run.get('state')})")
         time.sleep(0.2)
 
 
@@ -493,6 +493,8 @@ def watch_exports(stack: Any, store: Any, source: Source) -> dict[str, Any]:
             ids.append(tx_id)
             header, _ = wait_header(analyst, store, tx_id, began[-1])
             wall = (header.updated_at - header.created_at).total_seconds()  # the pollers ended up to 1 s after
+            with stack.client("admin") as admin:  # its run's last tasks must not run beside the next one
+                wait_idle(admin, tx_id)
             check_header(header, source.rows, "a watched export")
             check_polls(found)
             polls.extend(found)
