@@ -199,6 +199,11 @@ def warm_up(stack: Any, store: Any, source: Source, api_workers: int) -> None:
     warm_api_workers(stack, api_workers)
 
 
+def dag_run(client: Any, run_id: str) -> dict[str, Any]:
+    """The export DAG's run ``run_id`` as Airflow's REST API describes it."""
+    return dict(client.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}").json())
+
+
 #: Task instance states in which a task holds a slot or is about to (deferred ones wait in the triggerer).
 BUSY_STATES = ("scheduled", "queued", "running", "restarting", "up_for_retry", "up_for_reschedule")
 
@@ -209,7 +214,7 @@ def wait_idle(client: Any, run_id: str, timeout: float = 120.0) -> None:
     run, and those would otherwise start beside the next timed export."""
     deadline = time.monotonic() + timeout
     while True:
-        run = client.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}").json()
+        run = dag_run(client, run_id)
         busy = client.get("/api/v2/dags/~/dagRuns/~/taskInstances",
                           params={"state": list(BUSY_STATES), "limit": 1}).json()  # fmt: skip
         if run.get("state") in ("success", "failed") and busy.get("total_entries", 1) == 0:
@@ -270,7 +275,7 @@ def big_export(stack: Any, store: Any, sampler: StackSampler, source: Source, ba
         finally:
             sampler.stop()
         tis = task_instances(client, DAG_ID, run_id)
-        dag_run = client.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}").json()
+        run = dag_run(client, run_id)
         if any(proc.ti_id not in tis for proc in sampler.tasks.values()):  # tasks of other runs or DAGs
             tis = {**task_instances(client, "~", "~"), **tis}
     others_after = other_airflow_processes(set(sampler.seen) | sampler.leaders, stack.home, sampler.leaders)
@@ -294,7 +299,7 @@ def big_export(stack: Any, store: Any, sampler: StackSampler, source: Source, ba
         "idle_stack_rss_bytes": idle_total,
         "rss_samples": sampler.samples,
         "other_airflow_processes_after": others_after,
-        "first_task": first_task(triggered_at, dag_run, tis, header.created_at),
+        "first_task": first_task(triggered_at, run, tis, header.created_at),
         "events": [
             {"s": round((e.at - header.created_at).total_seconds(), 3), "kind": e.kind, "message": e.message}
             for e in events
@@ -364,7 +369,7 @@ def wait_header(
         now = time.perf_counter()
         if now >= next_run_check:  # a run that fails before its header exists must not hang us
             next_run_check = now + 2
-            state = client.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}").json().get("state")
+            state = dag_run(client, run_id).get("state")
             if state in ("success", "failed"):
                 run_ended_at = run_ended_at or now
                 if now - run_ended_at > 10:

@@ -299,35 +299,32 @@ def small_target(runs: list[SizeRun]) -> Target:
     return Target("~10,000-row export latency (POST → SUCCEEDED)", text, "REPORTED")
 
 
-def api_target(runs: list[SizeRun], which: str, limit_ms: float) -> Target:
-    label = (
-        "status (GET /transactions/{id}), 50 pollers during an export," if which == "status" else "POST /transactions"
-    )
-    name = f"{label} p99 ≤ {limit_ms:.0f} ms"
-    if which == "status":
-        found = [
-            (r.rows, r.product["watched_export"])
-            for r in runs
-            if (r.product.get("watched_export") or {}).get("while_running")
-        ]
-        if not found:
-            return Target(name, "not run", "NOT MEASURED")
-        text = "; ".join(f"{w['while_running']['p99_ms']:.1f} ms over {w['while_running']['n']} polls during "
-                         f"{w['exports']} exports of {rows:,} rows" for rows, w in found)  # fmt: skip
-        served = found[0][1].get("server_side")
-        if served:
-            text += f"; server side (the api-server's access log): p99 {served['p99_ms']:.1f} ms"
-        return Target(name, text, verdict(all(w["while_running"]["p99_ms"] <= limit_ms for _, w in found)))
-    found_load = [(r.rows, r.product["api_load"][which]["p99_ms"]) for r in runs if r.product.get("api_load")]
-    if not found_load:
+def status_target(runs: list[SizeRun], limit_ms: float) -> Target:
+    """Judged on its own load: the pollers following one export (``watched_export``)."""
+    name = f"status (GET /transactions/{{id}}), 50 pollers during an export, p99 ≤ {limit_ms:.0f} ms"
+    found = [(r.rows, r.product["watched_export"]) for r in runs
+             if (r.product.get("watched_export") or {}).get("while_running")]  # fmt: skip
+    if not found:
+        return Target(name, "not run", "NOT MEASURED")
+    text = "; ".join(f"{w['while_running']['p99_ms']:.1f} ms over {w['while_running']['n']} polls during "
+                     f"{w['exports']} exports of {rows:,} rows" for rows, w in found)  # fmt: skip
+    served = found[0][1].get("server_side")
+    if served:
+        text += f"; server side (the api-server's access log): p99 {served['p99_ms']:.1f} ms"
+    return Target(name, text, verdict(all(w["while_running"]["p99_ms"] <= limit_ms for _, w in found)))
+
+
+def post_target(runs: list[SizeRun], limit_ms: float) -> Target:
+    """Judged on the API load's burst of POSTs."""
+    name = f"POST /transactions p99 ≤ {limit_ms:.0f} ms"
+    loads = [(r.rows, r.product["api_load"]) for r in runs if r.product.get("api_load")]
+    if not loads:
         return Target(name, "no API load run", "NOT MEASURED")
-    text = "; ".join(f"{p99:.1f} ms on the {rows:,}-row stack" for rows, p99 in found_load)
-    served_load = [
-        (r.product["api_load"].get("server_side") or {}).get(which) for r in runs if r.product.get("api_load")
-    ]
-    if served_load and served_load[0]:
-        text += f"; server side (the api-server's access log): p99 {served_load[0]['p99_ms']:.1f} ms"
-    return Target(name, text, verdict(all(p99 <= limit_ms for _, p99 in found_load)))
+    text = "; ".join(f"{load['post']['p99_ms']:.1f} ms on the {rows:,}-row stack" for rows, load in loads)
+    served = (loads[0][1].get("server_side") or {}).get("post")
+    if served:
+        text += f"; server side (the api-server's access log): p99 {served['p99_ms']:.1f} ms"
+    return Target(name, text, verdict(all(load["post"]["p99_ms"] <= limit_ms for _, load in loads)))
 
 
 def load_status_target(runs: list[SizeRun]) -> Target:
@@ -361,9 +358,9 @@ def targets(runs: list[SizeRun]) -> list[Target]:
         merge_same_target(runs, 1_000_000, 20_000_000),
         batch_target(runs),
         small_target(runs),
-        api_target(runs, "status", STATUS_P99_MS),
+        status_target(runs, STATUS_P99_MS),
         load_status_target(runs),
-        api_target(runs, "post", POST_P99_MS),
+        post_target(runs, POST_P99_MS),
     ]
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench.common import Result
-from bench.report import SizeRun, api_target, load_status_target
+from bench.report import SizeRun, load_status_target, post_target, status_target
 
 
 def _summary(p99: float) -> dict[str, Any]:
@@ -31,15 +31,15 @@ def _run(watch_p99: float | None, load_status_p99: float, post_p99: float) -> Si
 
 
 def test_the_status_target_is_judged_on_the_pollers_of_one_export() -> None:
-    met = api_target([_run(18.4, 95.0, 240.0)], "status", 20.0)
+    met = status_target([_run(18.4, 95.0, 240.0)], 20.0)
     assert met.verdict == "MET"
     assert "18.4 ms over 600 polls during 3 exports of 1,000,000 rows" in met.measured
     assert "server side (the api-server's access log): p99 14.4 ms" in met.measured
-    assert api_target([_run(20.1, 12.0, 240.0)], "status", 20.0).verdict == "MISSED"
+    assert status_target([_run(20.1, 12.0, 240.0)], 20.0).verdict == "MISSED"
 
 
 def test_the_status_target_is_not_measured_without_its_load() -> None:
-    assert api_target([_run(None, 12.0, 240.0)], "status", 20.0).verdict == "NOT MEASURED"
+    assert status_target([_run(None, 12.0, 240.0)], 20.0).verdict == "NOT MEASURED"
 
 
 def test_the_fifty_exports_load_is_reported_not_judged() -> None:
@@ -50,8 +50,8 @@ def test_the_fifty_exports_load_is_reported_not_judged() -> None:
 
 
 def test_the_post_target_is_judged_on_the_burst() -> None:
-    assert api_target([_run(18.4, 95.0, 240.0)], "post", 250.0).verdict == "MET"
-    missed = api_target([_run(18.4, 95.0, 251.0)], "post", 250.0)
+    assert post_target([_run(18.4, 95.0, 240.0)], 250.0).verdict == "MET"
+    missed = post_target([_run(18.4, 95.0, 251.0)], 250.0)
     assert missed.verdict == "MISSED"
     assert "251.0 ms on the 1,000,000-row stack; server side (the api-server's access log): p99 201.0 ms" in (
         missed.measured
